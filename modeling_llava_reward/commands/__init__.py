@@ -1,0 +1,50 @@
+"""The `llava-reward` console command.
+
+Each subcommand lives in its own module of this package and exposes ``register(subparsers)``, which adds its
+parser and sets ``func`` (a callable taking the parsed ``argparse.Namespace`` and returning an exit code).
+Heavy imports (torch, transformers) happen inside ``func`` so that ``llava-reward --help`` stays instant.
+
+Exit codes: 0 success, 1 bad input (a clear message on stderr, no traceback), 2 usage error (argparse).
+
+Example:
+    >>> from modeling_llava_reward.commands import build_parser
+    >>> build_parser().prog
+    'llava-reward'
+"""
+
+import argparse
+import importlib
+import sys
+
+from .errors import UserInputError
+
+# Module names (in this package) of the subcommands, in the order `--help` lists them.
+SUBCOMMAND_MODULES = ()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="llava-reward",
+        description="LLaVA-Reward: vision-language reward models for text-to-image generation.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module_name in SUBCOMMAND_MODULES:
+        importlib.import_module(f"{__name__}.{module_name}").register(subparsers)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except UserInputError as error:
+        print(f"llava-reward {args.command}: error: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
