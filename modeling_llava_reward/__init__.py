@@ -1,0 +1,1 @@
+"""LLaVA-Reward: vision-language reward models for text-to-image generation."""
