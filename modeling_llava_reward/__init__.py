@@ -1,1 +1,19 @@
-"""LLaVA-Reward: vision-language reward models for text-to-image generation."""
+"""LLaVA-Reward: vision-language reward models for text-to-image generation, Hugging Face native.
+
+Importing this package registers `llava_reward` with `AutoConfig` and `AutoModel`.
+"""
+
+from transformers import AutoModel
+
+from configuration import LlavaRewardConfig
+
+from .families import FAMILIES
+from .families import VlmFamily
+from .families import get_family
+from .modeling_llava_reward import LlavaRewardModel
+from .modeling_llava_reward import LlavaRewardOutput
+
+
+AutoModel.register(LlavaRewardConfig, LlavaRewardModel, exist_ok=True)
+
+__all__ = ["FAMILIES", "LlavaRewardConfig", "LlavaRewardModel", "LlavaRewardOutput", "VlmFamily", "get_family"]
