@@ -4,6 +4,7 @@ Importing this package registers `llava_reward` with `AutoConfig` and `AutoModel
 """
 
 from transformers import AutoModel
+from transformers import AutoProcessor
 
 from configuration import LlavaRewardConfig
 
@@ -12,8 +13,10 @@ from .families import VlmFamily
 from .families import get_family
 from .modeling_llava_reward import LlavaRewardModel
 from .modeling_llava_reward import LlavaRewardOutput
+from .processing_llava_reward import LlavaRewardProcessor
 
 
 AutoModel.register(LlavaRewardConfig, LlavaRewardModel, exist_ok=True)
+AutoProcessor.register(LlavaRewardConfig, LlavaRewardProcessor, exist_ok=True)
 
-__all__ = ["FAMILIES", "LlavaRewardConfig", "LlavaRewardModel", "LlavaRewardOutput", "VlmFamily", "get_family"]
+__all__ = ["FAMILIES", "LlavaRewardConfig", "LlavaRewardModel", "LlavaRewardOutput", "LlavaRewardProcessor", "VlmFamily", "get_family"]

@@ -27,6 +27,7 @@ from transformers import PreTrainedTokenizerFast
 from transformers import ProcessorMixin
 
 from .families import get_family
+from .processing_llava_reward import without_video
 
 
 TEXT_SIZES = dict(
@@ -41,14 +42,17 @@ TEXT_SIZES = dict(
 )
 VISION_WIDTH = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
 
-# A ChatML template: families without a published prompt format build their text with the tokenizer's template.
-CHATML_TEMPLATE = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
-    "{% for part in message['content'] %}{% if part['type'] == 'image' %}<image>{% else %}{{ part['text'] }}"
-    "{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+
+
+def chatml_template(image_placeholder: str) -> str:
+    """A ChatML chat template that writes `image_placeholder` for image parts (each family has its own)."""
+    return (
+        "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+        "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+        "{% for part in message['content'] %}{% if part['type'] == 'image' %}" + image_placeholder + "{% else %}"
+        "{{ part['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
 
 
 def byte_level_tokenizer(special_tokens: list[str], **named_tokens) -> PreTrainedTokenizerFast:
@@ -62,10 +66,10 @@ def byte_level_tokenizer(special_tokens: list[str], **named_tokens) -> PreTraine
     backend.decoder = decoders.ByteLevel()
     standard = {key: value for key, value in named_tokens.items() if key in ("eos_token", "pad_token", "bos_token")}
     extra = {key: value for key, value in named_tokens.items() if key not in standard}
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, extra_special_tokens=extra or None, chat_template=CHATML_TEMPLATE, **standard
-    )
-    tokenizer.add_special_tokens({"additional_special_tokens": special_tokens})
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, extra_special_tokens=extra or None, **standard)
+    # Every tiny tokenizer speaks ChatML, whose end-of-turn token becomes the reward token.
+    chat_tokens = [token for token in ("<|im_start|>", "<|im_end|>") if token not in special_tokens]
+    tokenizer.add_special_tokens({"additional_special_tokens": special_tokens + chat_tokens})
     return tokenizer
 
 
@@ -81,7 +85,7 @@ def _llava():
     from transformers import LlavaConfig
     from transformers import LlavaProcessor
 
-    tokenizer = byte_level_tokenizer(["<image>", "<|im_start|>", "<|im_end|>"], eos_token="<|im_end|>", pad_token="<pad>")
+    tokenizer = byte_level_tokenizer(["<image>"], eos_token="<|im_end|>", pad_token="<pad>")
     config = LlavaConfig(
         text_config=dict(model_type="llama", **TEXT_SIZES),
         vision_config=dict(model_type="clip_vision_model", image_size=32, patch_size=8, **VISION_WIDTH),
@@ -129,18 +133,6 @@ def _llava_next():
 
 
 QWEN_SPECIAL_TOKENS = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
-
-
-def without_video(processor_class: type[ProcessorMixin]) -> type[ProcessorMixin]:
-    """An image-only subclass of a Qwen-VL-style processor: their video processors need torchvision."""
-
-    class ImageOnlyProcessor(processor_class):
-        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
-            # ProcessorMixin reads the sub-processors from this signature, so no video processor is expected.
-            super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
-
-    ImageOnlyProcessor.__name__ = ImageOnlyProcessor.__qualname__ = f"{processor_class.__name__}ImageOnly"
-    return ImageOnlyProcessor
 
 
 def _qwen_tokenizer():
@@ -287,6 +279,7 @@ def tiny_vlm(family: str, *, seed: int = 0) -> tuple[PreTrainedModel, ProcessorM
     if family not in TINY_FAMILIES:
         raise ValueError(f"No tiny model for family {family!r}; available: {', '.join(TINY_FAMILIES)}.")
     config, processor, placeholder = TINY_FAMILIES[family]()
+    processor.chat_template = chatml_template(placeholder)
     config.get_text_config(decoder=True).vocab_size = len(processor.tokenizer)
     torch.manual_seed(seed)
     vlm = AutoModel.from_config(config).eval()
