@@ -14,9 +14,19 @@ from .families import get_family
 from .modeling_llava_reward import LlavaRewardModel
 from .modeling_llava_reward import LlavaRewardOutput
 from .processing_llava_reward import LlavaRewardProcessor
+from .scoring import LlavaRewardScorer
 
 
 AutoModel.register(LlavaRewardConfig, LlavaRewardModel, exist_ok=True)
 AutoProcessor.register(LlavaRewardConfig, LlavaRewardProcessor, exist_ok=True)
 
-__all__ = ["FAMILIES", "LlavaRewardConfig", "LlavaRewardModel", "LlavaRewardOutput", "LlavaRewardProcessor", "VlmFamily", "get_family"]
+__all__ = [
+    "FAMILIES",
+    "LlavaRewardConfig",
+    "LlavaRewardModel",
+    "LlavaRewardOutput",
+    "LlavaRewardProcessor",
+    "LlavaRewardScorer",
+    "VlmFamily",
+    "get_family",
+]

@@ -149,6 +149,9 @@ class LlavaRewardModel(LlavaRewardPreTrainedModel):
     def __init__(self, config: LlavaRewardConfig, vlm: PreTrainedModel | None = None):
         super().__init__(config)
         self.family: VlmFamily = get_family(config.vlm_config.model_type)
+        if vlm is not None:
+            _check_same_architecture(config.vlm_config, vlm.config)
+            config.vlm_config = vlm.config  # one config object for the wrapper and the VLM it runs
         self.vlm = vlm if vlm is not None else AutoModel.from_config(config.vlm_config)
         self._drop_unused_decoder_layers()
         hidden_size = config.vlm_config.get_text_config(decoder=True).hidden_size
@@ -210,13 +213,15 @@ class LlavaRewardModel(LlavaRewardPreTrainedModel):
             **config_fields,
         )
         model = cls(config, vlm=vlm)
-        # The head joins the VLM's dtype and the device its final hidden state lives on (respects device_map).
-        decoder = model.decoder
-        head_device = decoder.norm.weight.device
-        for module in (model.skip_cross_attention, model.value_head):
-            if module is not None:
-                module.to(device=head_device, dtype=vlm.dtype)
+        model.place_head_with_decoder()
         return model
+
+    def place_head_with_decoder(self):
+        """Move the head to the VLM's dtype and to the device of its final hidden state (respects device_map)."""
+        device = self.decoder.norm.weight.device
+        for module in (self.skip_cross_attention, self.value_head):
+            if module is not None:
+                module.to(device=device, dtype=self.vlm.dtype)
 
     @property
     def decoder(self) -> nn.Module:
@@ -282,6 +287,22 @@ class LlavaRewardModel(LlavaRewardPreTrainedModel):
         logits = self.value_head(reward_states)  # (B, D)
         rewards = logits.squeeze(-1) if config.reward_dim == 1 else logits
         return LlavaRewardOutput(rewards=rewards, logits=logits, reward_hidden_states=reward_states)
+
+
+def _check_same_architecture(expected, given):
+    """A VLM grafted into a saved reward config must be the architecture the head was trained on."""
+    expected_text, given_text = expected.get_text_config(decoder=True), given.get_text_config(decoder=True)
+    mismatches = [
+        f"{name}: expected {want}, got {have}"
+        for name, want, have in (
+            ("model_type", expected.model_type, given.model_type),
+            ("hidden_size", expected_text.hidden_size, given_text.hidden_size),
+            ("num_hidden_layers", expected_text.num_hidden_layers, given_text.num_hidden_layers),
+        )
+        if want != have
+    ]
+    if mismatches:
+        raise ValueError(f"The VLM does not match the reward model's `vlm_config` ({'; '.join(mismatches)}).")
 
 
 def _attn_implementations(config) -> dict:

@@ -1,0 +1,157 @@
+"""High-level scoring: prompts and images in, rewards and preferences out.
+
+Example:
+    >>> from modeling_llava_reward import LlavaRewardModel, LlavaRewardProcessor, LlavaRewardScorer
+    >>> from modeling_llava_reward.testing import tiny_vlm, tiny_images
+    >>> vlm, vlm_processor = tiny_vlm("llava")
+    >>> scorer = LlavaRewardScorer(LlavaRewardModel.from_vlm(vlm), LlavaRewardProcessor.from_vlm_processor(vlm_processor))
+    >>> scorer.score("a red cat", tiny_images(3)).shape
+    torch.Size([3])
+"""
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .bundle import is_adapter_bundle
+from .bundle import load_reward_bundle
+from .image_inputs import load_image
+from .modeling_llava_reward import LlavaRewardModel
+from .preference import preference_probability
+from .processing_llava_reward import LlavaRewardProcessor
+
+
+class LlavaRewardScorer:
+    r"""
+    Scores (prompt, image) pairs with a LLaVA-Reward model: batched, in input order, without gradients.
+
+    Args:
+        model (`LlavaRewardModel`): the reward model (put in `eval()` mode).
+        processor (`LlavaRewardProcessor`): its processor.
+        device (`str` or `torch.device`, *optional*): where to run; defaults to where the model is.
+        dtype (`torch.dtype` or `str`, *optional*): cast the model (e.g. `"bfloat16"`); inputs follow it.
+        progress (`bool`, *optional*): show a progress bar; defaults to on for long inputs on a terminal.
+    """
+
+    def __init__(
+        self,
+        model: LlavaRewardModel,
+        processor: LlavaRewardProcessor,
+        *,
+        device=None,
+        dtype=None,
+        progress: bool | None = None,
+    ):
+        dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+        self.model = model.to(device=device, dtype=dtype).eval() if (device or dtype) else model.eval()
+        self.processor = processor
+        self.progress = progress
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path_or_repo: str | os.PathLike,
+        *,
+        subfolder: str | None = None,
+        revision: str | None = None,
+        device=None,
+        dtype=None,
+        base=None,
+        progress: bool | None = None,
+        trust_remote_code: bool = False,
+    ) -> "LlavaRewardScorer":
+        """Load a saved reward model (full model or adapter bundle) from a folder or a Hub repo (+ subfolder).
+
+        `base` overrides the base VLM an adapter bundle names (a local path, Hub id or loaded model).
+        """
+        folder = _resolve_folder(path_or_repo, subfolder, revision)
+        dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+        if is_adapter_bundle(folder):
+            model = load_reward_bundle(folder, base=base, dtype=dtype, trust_remote_code=trust_remote_code)
+        else:
+            model = LlavaRewardModel.from_pretrained(folder, dtype=dtype)
+        processor = LlavaRewardProcessor.from_pretrained(folder)
+        return cls(model, processor, device=device, progress=progress)
+
+    @property
+    def objective(self) -> str:
+        return self.model.config.objective
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @torch.inference_mode()
+    def score(self, prompts, images, *, batch_size: int = 8, progress: bool | None = None) -> torch.Tensor:
+        """Rewards for `prompts[i]` with `images[i]` (one prompt may serve all images), in input order.
+
+        Returns a float32 CPU tensor of shape `(N,)` (BT, CE) or `(N, D)` (GPM embeddings).
+        """
+        image_list = list(images) if isinstance(images, (list, tuple, torch.Tensor, np.ndarray)) else [images]
+        prompts, image_list = self.processor.pair(prompts, image_list)  # validates every prompt up front
+        show = self.progress if progress is None else progress
+        show = (len(image_list) > batch_size and sys.stderr.isatty()) if show is None else show
+        rewards = []
+        for start in tqdm(range(0, len(image_list), batch_size), desc="scoring", unit="batch", disable=not show):
+            chunk = range(start, min(start + batch_size, len(image_list)))
+            batch_images = [load_image(image_list[index], index) for index in chunk]  # errors name the input index
+            inputs = self.processor([prompts[index] for index in chunk], batch_images)
+            rewards.append(self.model(**self._to_model(inputs)).rewards.float().cpu())
+        return torch.cat(rewards)
+
+    def compare(self, prompt: str, image_a, image_b) -> float:
+        """P(image_a preferred over image_b | prompt), with the objective's formula and temperature."""
+        rewards = self.score(prompt, [image_a, image_b])
+        return preference_probability(rewards[0], rewards[1], self.objective, self.model.config.tau).item()
+
+    def preference_matrix(self, prompt: str, images, *, batch_size: int = 8) -> torch.Tensor:
+        """(N, N) matrix of P(images[i] preferred over images[j] | prompt)."""
+        rewards = self.score(prompt, images, batch_size=batch_size)
+        return preference_probability(rewards[:, None], rewards[None, :], self.objective, self.model.config.tau)
+
+    def rank(self, prompt: str, images, *, batch_size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+        """Indices of `images` best-first, and the scores they were ranked by.
+
+        BT/CE rank by reward. GPM preferences need not be transitive, so GPM ranks by Copeland score: wins minus
+        losses over all pairs (P > 0.5 is a win), ties broken by the summed preference probability.
+        """
+        if self.objective != "gpm":
+            scores = self.score(prompt, images, batch_size=batch_size)
+        else:
+            matrix = self.preference_matrix(prompt, images, batch_size=batch_size)
+            copeland = (matrix > 0.5).sum(1).float() - (matrix < 0.5).sum(1).float()
+            scores = copeland + matrix.sum(1) / (matrix.shape[0] ** 2)  # the tie-breaker stays below 1
+        return torch.argsort(scores, descending=True, stable=True), scores
+
+    def reward_fn(self, images, prompts, metadata=None, *, batch_size: int = 8) -> tuple[torch.Tensor, dict]:
+        """The reward function RL and steering loops call (DDPO, flow_grpo, FK steering).
+
+        `images`: a list of PIL images or an NCHW float tensor in [0, 1]; `prompts`: one per image (or one).
+        Returns `(scores, info)`: a float32 CPU tensor of shape `(N,)` and a dict describing the reward.
+        """
+        if self.objective == "gpm":
+            raise ValueError("A GPM model outputs preference embeddings, not scalar rewards: use rank() or compare().")
+        scores = self.score(prompts, images, batch_size=batch_size, progress=False)
+        return scores, {"objective": self.objective, "perspective": self.model.config.perspective}
+
+    def _to_model(self, inputs) -> dict:
+        dtype = self.model.dtype
+        return {
+            key: value.to(self.device, dtype=dtype if value.is_floating_point() else None)
+            for key, value in inputs.items()
+        }
+
+
+def _resolve_folder(path_or_repo, subfolder: str | None, revision: str | None) -> Path:
+    """A local folder as is; otherwise a Hub repo id, downloaded (or read from the offline cache) at `revision`."""
+    local = Path(path_or_repo) / (subfolder or "")
+    if local.is_dir():
+        return local
+    from huggingface_hub import snapshot_download
+
+    allow = [f"{subfolder}/*"] if subfolder else None
+    return Path(snapshot_download(str(path_or_repo), revision=revision, allow_patterns=allow)) / (subfolder or "")
