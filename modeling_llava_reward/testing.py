@@ -80,21 +80,17 @@ def tiny_images(count: int, sizes: list[tuple[int, int]] | None = None, seed: in
     return [Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)) for width, height in sizes]
 
 
-def _llava():
-    from transformers import CLIPImageProcessorPil
-    from transformers import LlavaConfig
-    from transformers import LlavaProcessor
-
-    tokenizer = byte_level_tokenizer(["<image>"], eos_token="<|im_end|>", pad_token="<pad>")
-    config = LlavaConfig(
+def _clip_llava(config_class, processor_class, image_processor, image_size: int, eos_token: str, **config_fields):
+    """LLaVA-1.5 and LLaVA-NeXT share a CLIP tower (8-px patches) and a Llama decoder."""
+    tokenizer = byte_level_tokenizer(["<image>"], eos_token=eos_token, pad_token="<pad>")
+    config = config_class(
         text_config=dict(model_type="llama", **TEXT_SIZES),
-        vision_config=dict(model_type="clip_vision_model", image_size=32, patch_size=8, **VISION_WIDTH),
+        vision_config=dict(model_type="clip_vision_model", image_size=image_size, patch_size=8, **VISION_WIDTH),
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-        image_seq_length=16,
         vision_feature_layer=-1,
+        **config_fields,
     )
-    image_processor = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    processor = LlavaProcessor(
+    processor = processor_class(
         image_processor=image_processor,
         tokenizer=tokenizer,
         patch_size=8,
@@ -104,32 +100,27 @@ def _llava():
     return config, processor, "<image>"
 
 
+def _llava():
+    from transformers import CLIPImageProcessorPil
+    from transformers import LlavaConfig
+    from transformers import LlavaProcessor
+
+    image_processor = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    return _clip_llava(LlavaConfig, LlavaProcessor, image_processor, 32, "<|im_end|>", image_seq_length=16)
+
+
 def _llava_next():
     from transformers import LlavaNextConfig
     from transformers import LlavaNextImageProcessorPil
     from transformers import LlavaNextProcessor
 
-    tokenizer = byte_level_tokenizer(["<image>"], eos_token="</s>", pad_token="<pad>")
-    config = LlavaNextConfig(
-        text_config=dict(model_type="llama", **TEXT_SIZES),
-        vision_config=dict(model_type="clip_vision_model", image_size=16, patch_size=8, **VISION_WIDTH),
-        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-        image_grid_pinpoints=[[16, 16], [16, 32], [32, 16], [32, 32]],
-        vision_feature_layer=-1,
-    )
+    pinpoints = [[16, 16], [16, 32], [32, 16], [32, 32]]  # anyres: 1 to 4 tiles of 16 px, so token counts vary
     image_processor = LlavaNextImageProcessorPil(
-        size={"shortest_edge": 16},
-        crop_size={"height": 16, "width": 16},
-        image_grid_pinpoints=[[16, 16], [16, 32], [32, 16], [32, 32]],
+        size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}, image_grid_pinpoints=pinpoints
     )
-    processor = LlavaNextProcessor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        patch_size=8,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,
+    return _clip_llava(
+        LlavaNextConfig, LlavaNextProcessor, image_processor, 16, "</s>", image_grid_pinpoints=pinpoints
     )
-    return config, processor, "<image>"
 
 
 QWEN_SPECIAL_TOKENS = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
