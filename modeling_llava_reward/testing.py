@@ -13,6 +13,7 @@ Example:
 """
 
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -60,7 +61,8 @@ def byte_level_tokenizer(special_tokens: list[str], **named_tokens) -> PreTraine
 
     `named_tokens` sets attributes such as `eos_token="<|im_end|>"` or `image_token="<image>"`.
     """
-    byte_vocab = {token: index for index, token in enumerate(pre_tokenizers.ByteLevel.alphabet())}
+    # sorted: `alphabet()` returns the 256 byte symbols in a different order on every call.
+    byte_vocab = {token: index for index, token in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
     backend = Tokenizer(models.BPE(vocab=byte_vocab, merges=[]))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     backend.decoder = decoders.ByteLevel()
@@ -277,6 +279,18 @@ def tiny_vlm(family: str, *, seed: int = 0) -> tuple[PreTrainedModel, ProcessorM
     _randomise_zero_projector_weights(vlm)
     processor.image_placeholder = placeholder
     return vlm, processor
+
+
+def save_tiny_vlm(family: str, directory, *, seed: int = 0) -> Path:
+    """Save a tiny VLM base and its processor to `directory`, laid out like a base model on the Hub.
+
+    The folder loads with `AutoModel.from_pretrained` and `LlavaRewardProcessor.from_base`, so a reward model can
+    record it as its `base_model` (what `llava-reward train` and adapter bundles need).
+    """
+    vlm, processor = tiny_vlm(family, seed=seed)
+    vlm.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return Path(directory)
 
 
 @torch.no_grad()
