@@ -8,7 +8,9 @@ expects).
 """
 
 import inspect
+import json
 import logging
+from pathlib import Path
 
 import transformers
 from transformers import ProcessorMixin
@@ -116,6 +118,42 @@ class LlavaRewardProcessor(ProcessorMixin):
             chat_template=vlm_processor.chat_template,
             **kwargs,
         )
+
+    @classmethod
+    def from_base(cls, path, **kwargs) -> "LlavaRewardProcessor":
+        """The processor of a base VLM (a folder or Hub id), or the `LlavaRewardProcessor` saved there.
+
+        Qwen-VL and SmolVLM processors need torchvision for their video half (and `AutoProcessor` then silently
+        returns the bare tokenizer): for those the image-only processor is built from the folder's image processor,
+        tokenizer and saved processor arguments.
+        """
+        from transformers import AutoConfig
+        from transformers import AutoImageProcessor
+        from transformers import AutoProcessor
+        from transformers import AutoTokenizer
+        from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
+        from transformers.utils import cached_file
+
+        config_file = cached_file(path, "processor_config.json", _raise_exceptions_for_missing_entries=False)
+        saved = json.loads(Path(config_file).read_text()) if config_file else {}
+        if saved.get("processor_class") == cls.__name__:
+            return cls.from_pretrained(path, **kwargs)
+        try:
+            vlm_processor = AutoProcessor.from_pretrained(path)
+        except (OSError, ImportError, ValueError):  # the video processor cannot be built
+            vlm_processor = None
+        if not isinstance(vlm_processor, ProcessorMixin):
+            base_class = getattr(transformers, PROCESSOR_MAPPING_NAMES[AutoConfig.from_pretrained(path).model_type])
+            parameters = set(inspect.signature(base_class.__init__).parameters) - set(base_class.get_attributes())
+            arguments = {key: value for key, value in saved.items() if key in parameters - {"self", "chat_template"}}
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            vlm_processor = without_video(base_class)(
+                image_processor=AutoImageProcessor.from_pretrained(path),
+                tokenizer=tokenizer,
+                chat_template=tokenizer.chat_template,
+                **arguments,
+            )
+        return cls.from_vlm_processor(vlm_processor, **kwargs)
 
     def __call__(self, prompts, images, *, return_tensors: str = "pt", **kwargs) -> BatchFeature:
         """Pair `prompts[i]` with `images[i]` (one prompt may serve many images) and build the model inputs."""
