@@ -120,7 +120,6 @@ class PairwiseAccuracy(evaluate.Metric):
             citation=_CITATION,
             inputs_description=_KWARGS_DESCRIPTION,
             features=_FEATURES[self.config_name],
-            format="numpy",
             reference_urls=["https://arxiv.org/abs/2407.04842", "https://arxiv.org/abs/2507.21391"],
         )
 

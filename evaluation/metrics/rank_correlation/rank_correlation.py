@@ -81,7 +81,6 @@ class RankCorrelation(evaluate.Metric):
             features=datasets.Features(
                 {"predictions": datasets.Value("float64"), "references": datasets.Value("float64")}
             ),
-            format="numpy",
             reference_urls=[
                 "https://docs.scipy.org/doc/scipy/reference/generated/scipy.stats.kendalltau.html",
                 "https://arxiv.org/abs/2507.21391",

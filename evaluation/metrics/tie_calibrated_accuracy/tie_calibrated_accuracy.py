@@ -49,9 +49,11 @@ Args:
     references (`list` of `float`): human score of each item; ties are expected.
     groups (`list` of `str` or `int`, *optional*): group of each item. Pairs are only formed inside a group.
         Pass it to `compute` together with all predictions and references (it is not an `add_batch` input).
+    threshold (`float`, *optional*): use this eps instead of calibrating one, e.g. an eps calibrated on another
+        split, to report a held-out accuracy.
 Returns:
-    accuracy (`float`): pairwise accuracy at the calibrated threshold.
-    threshold (`float`): the calibrated eps (the smallest one reaching the best accuracy).
+    accuracy (`float`): pairwise accuracy at the calibrated (or given) threshold.
+    threshold (`float`): the eps used: the smallest one reaching the best accuracy unless one was given.
     accuracy_no_calibration (`float`): pairwise accuracy with eps = 0 (only exactly equal scores tie).
     num_pairs (`int`): number of pairs compared.
     num_groups (`int`): number of groups holding at least one pair (1 without `groups`).
@@ -90,8 +92,7 @@ def _group_members(groups, num_items):
 
 
 def _pair_table(predictions, references, members):
-    """Per pair: |metric difference|, whether the humans tie it, whether the metric orders it like the humans when
-    eps = 0, and the index of its group."""
+    """Columns over all within-group pairs: |metric difference|, human tie, metric agrees when eps = 0, group."""
     columns = []
     for group, indices in enumerate(members):
         first, second = (indices[side] for side in np.triu_indices(indices.size, k=1))
@@ -135,22 +136,24 @@ class TieCalibratedAccuracy(evaluate.Metric):
             features=datasets.Features(
                 {"predictions": datasets.Value("float64"), "references": datasets.Value("float64")}
             ),
-            format="numpy",
             reference_urls=["https://arxiv.org/abs/2305.14324", "https://arxiv.org/abs/2507.21391"],
             codebase_urls=["https://github.com/google-research/mt-metrics-eval"],
         )
 
-    def _compute(self, predictions, references, groups=None):
+    def _compute(self, predictions, references, groups=None, threshold=None):
+        if threshold is not None and not threshold >= 0:
+            raise ValueError(f"`threshold` must be >= 0, got {threshold}.")
         predictions = _as_finite_array("predictions", predictions)
         references = _as_finite_array("references", references)
         members = _group_members(groups, predictions.size)
         if not members:
             raise ValueError("Tie-calibrated accuracy needs at least two items (in at least one group) to form a pair.")
         pairs = _pair_table(predictions, references, members)
-        threshold = _calibrated_threshold(*pairs)
+        if threshold is None:
+            threshold = _calibrated_threshold(*pairs)
         return {
             "accuracy": _accuracy(threshold, *pairs),
-            "threshold": threshold,
+            "threshold": float(threshold),
             "accuracy_no_calibration": _accuracy(0.0, *pairs),
             "num_pairs": int(pairs[0].size),
             "num_groups": len(members),
