@@ -82,11 +82,38 @@ def load_reward_bundle(
     With `merge_lora`, LoRA weights are merged into the base (fastest inference); otherwise the `PeftModel` is kept.
     """
     path = Path(path)
+    vlm = load_base_vlm(
+        path, base=base, revision=revision, dtype=dtype, device_map=device_map, trust_remote_code=trust_remote_code
+    )
+    model = reward_model_on(path, vlm)
+    if (path / ADAPTER_CONFIG).is_file():
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, path, is_trainable=False)
+        if merge_lora:
+            model = model.merge_and_unload()
+    return model
+
+
+def load_base_vlm(
+    path: str | os.PathLike,
+    *,
+    base=None,
+    revision: str | None = None,
+    dtype=None,
+    device_map=None,
+    trust_remote_code: bool = False,
+):
+    """The base VLM (its base model, no LM head) of the adapter bundle at `path`.
+
+    `base` (a path, Hub id or loaded model) overrides the recorded `base_model`; `revision` overrides the recorded
+    `base_model_revision`.
+    """
     config = LlavaRewardConfig.from_pretrained(path)
     if base is None or isinstance(base, (str, os.PathLike)):
         source = base or config.base_model
         if not source:
-            raise ValueError(f"{path / 'config.json'} names no `base_model`; pass `base=` (a path or Hub id).")
+            raise ValueError(f"{Path(path) / 'config.json'} names no `base_model`; pass `base=` (a path or Hub id).")
         base = AutoModel.from_pretrained(
             source,
             revision=revision or (config.base_model_revision if base is None else None),
@@ -94,15 +121,17 @@ def load_reward_bundle(
             device_map=device_map,
             trust_remote_code=trust_remote_code,
         )
-    model = LlavaRewardModel(config, vlm=base.base_model)
-    model.place_head_with_decoder()
-    _load_head(model, path / REWARD_HEAD_WEIGHTS)
-    if (path / ADAPTER_CONFIG).is_file():
-        from peft import PeftModel
+    return base.base_model
 
-        model = PeftModel.from_pretrained(model, path, is_trainable=False)
-        if merge_lora:
-            model = model.merge_and_unload()
+
+def reward_model_on(path: str | os.PathLike, vlm) -> LlavaRewardModel:
+    """The reward model of the adapter bundle at `path` on `vlm` (used in place), with its head and projector loaded.
+
+    LoRA is not applied: see `load_reward_bundle`.
+    """
+    model = LlavaRewardModel(LlavaRewardConfig.from_pretrained(path), vlm=vlm)
+    model.place_head_with_decoder()
+    _load_head(model, Path(path) / REWARD_HEAD_WEIGHTS)
     return model
 
 
