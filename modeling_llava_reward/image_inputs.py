@@ -28,13 +28,19 @@ class InputError(ValueError):
 
 def load_images(images) -> list[Image.Image]:
     """Expand and convert `images` (one image, a list, or an NCHW tensor) into a list of RGB PIL images."""
-    if isinstance(images, torch.Tensor) and images.ndim == 4:
-        images = list(images)
-    elif isinstance(images, np.ndarray) and images.ndim == 4:
-        images = list(images)
-    elif not isinstance(images, (list, tuple)):
-        images = [images]
-    return [load_image(image, index) for index, image in enumerate(images)]
+    return [load_image(image, index) for index, image in enumerate(as_image_list(images))]
+
+
+def as_image_list(images) -> list:
+    """`images` as a list of single images, unconverted: an NCHW tensor / NHWC array is split, one image is wrapped.
+
+    A 3-D tensor or array is one image (CHW / HWC), never a batch of channels or rows.
+    """
+    if isinstance(images, (torch.Tensor, np.ndarray)) and images.ndim == 4:
+        return list(images)
+    if isinstance(images, (list, tuple)):
+        return list(images)
+    return [images]
 
 
 def load_image(image, index: int = 0) -> Image.Image:
@@ -61,6 +67,8 @@ def _open(source, label: str, path=None) -> Image.Image:
     if path is not None:
         if not os.path.exists(path):
             raise InputError(f"{label}: file not found.")
+        if os.path.isdir(path):
+            raise InputError(f"{label}: is a folder, not an image file.")
         if os.path.getsize(path) == 0:
             raise InputError(f"{label}: the file is empty.")
     try:

@@ -159,14 +159,29 @@ class LlavaRewardProcessor(ProcessorMixin):
         """Pair `prompts[i]` with `images[i]` (one prompt may serve many images) and build the model inputs."""
         prompts, images = self.pair(prompts, load_images(images))
         texts = [self.build_text(self.truncate_prompt(prompt, index)) for index, prompt in enumerate(prompts)]
-        return self.vlm_processor(
-            text=texts,
-            images=[[image] for image in images],
-            return_tensors=return_tensors,
-            padding=True,
-            add_special_tokens=self.prompt_template is not None,  # a chat template writes its own BOS
-            **kwargs,
-        )
+        try:
+            return self.vlm_processor(
+                text=texts,
+                images=[[image] for image in images],
+                return_tensors=return_tensors,
+                padding=True,
+                add_special_tokens=self.prompt_template is not None,  # a chat template writes its own BOS
+                **kwargs,
+            )
+        except ValueError:
+            self._check_each_image(images)  # an image the family's image processor refuses (e.g. Qwen: ratio > 200)
+            raise
+
+    def _check_each_image(self, images: list):
+        """Raise `InputError` naming the first image the image processor cannot process on its own."""
+        for index, image in enumerate(images):
+            try:
+                self.image_processor(images=[image], return_tensors="pt")
+            except ValueError as error:
+                raise InputError(
+                    f"image {index} ({image.width}x{image.height} pixels): {type(self.image_processor).__name__} "
+                    f"cannot process it ({error})."
+                ) from None
 
     def pair(self, prompts, images: list) -> tuple[list[str], list]:
         """Element-wise pairing; a single prompt is broadcast to every image. Never a cross product."""
@@ -197,15 +212,34 @@ class LlavaRewardProcessor(ProcessorMixin):
                 raise InputError(f"prompt {index}: contains the tokenizer's special token {token!r}.")
         return prompt
 
-    def truncate_prompt(self, prompt: str, index: int = 0) -> str:
-        """Cut `prompt` to `max_prompt_tokens` tokens, logging a warning that names it."""
-        token_ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    def truncate_prompt(self, prompt: str, index: int = 0, *, name: str | None = None) -> str:
+        """Cut `prompt` to at most `max_prompt_tokens` tokens, logging a warning that names it (`name`, default
+        `prompt {index}`). The result re-tokenizes within the limit, so truncating it again changes nothing."""
+        token_ids = self._prompt_token_ids(prompt)
         if len(token_ids) <= self.max_prompt_tokens:
             return prompt
         logger.warning(
-            "prompt %d has %d tokens; truncated to max_prompt_tokens=%d.", index, len(token_ids), self.max_prompt_tokens
+            "%s has %d tokens; truncated to max_prompt_tokens=%d.",
+            name or f"prompt {index}",
+            len(token_ids),
+            self.max_prompt_tokens,
         )
-        return self.tokenizer.decode(token_ids[: self.max_prompt_tokens])
+        kept = token_ids[: self.max_prompt_tokens]
+        text = self.tokenizer.decode(kept)
+        # A cut inside a multi-byte character decodes to U+FFFD, which is not in the prompt and may re-tokenize
+        # longer than the bytes it replaced: back off to the last whole character.
+        while kept and not self._is_clean_cut(text, prompt):
+            kept = kept[:-1]
+            text = self.tokenizer.decode(kept)
+        return text
+
+    def _prompt_token_ids(self, prompt: str) -> list[int]:
+        return self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+
+    def _is_clean_cut(self, text: str, prompt: str) -> bool:
+        """Whether `text`, a truncation of `prompt`, fits in `max_prompt_tokens` and ends on a whole character."""
+        cut_character = text.endswith("\ufffd") and not prompt.startswith(text)
+        return not cut_character and len(self._prompt_token_ids(text)) <= self.max_prompt_tokens
 
     def build_text(self, prompt: str) -> str:
         """The text the reward model reads for one prompt; its last token is the reward token."""

@@ -13,12 +13,13 @@ import os
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from .bundle import is_adapter_bundle
 from .bundle import load_reward_bundle
+from .image_inputs import InputError
+from .image_inputs import as_image_list
 from .image_inputs import load_image
 from .modeling_llava_reward import LlavaRewardModel
 from .preference import preference_probability
@@ -91,15 +92,19 @@ class LlavaRewardScorer:
 
         Returns a float32 CPU tensor of shape `(N,)` (BT, CE) or `(N, D)` (GPM embeddings).
         """
-        image_list = list(images) if isinstance(images, (list, tuple, torch.Tensor, np.ndarray)) else [images]
-        prompts, image_list = self.processor.pair(prompts, image_list)  # validates every prompt up front
+        prompts, image_list = self.processor.pair(prompts, as_image_list(images))  # validates every prompt up front
+        # Truncated here, where warnings can name the input's index; the per-batch calls then find nothing to cut.
+        prompts = [self.processor.truncate_prompt(prompt, index) for index, prompt in enumerate(prompts)]
         show = self.progress if progress is None else progress
         show = (len(image_list) > batch_size and sys.stderr.isatty()) if show is None else show
         rewards = []
         for start in tqdm(range(0, len(image_list), batch_size), desc="scoring", unit="batch", disable=not show):
             chunk = range(start, min(start + batch_size, len(image_list)))
             batch_images = [load_image(image_list[index], index) for index in chunk]  # errors name the input index
-            inputs = self.processor([prompts[index] for index in chunk], batch_images)
+            try:
+                inputs = self.processor([prompts[index] for index in chunk], batch_images)
+            except InputError as error:  # its indices count from the batch's first input
+                raise InputError(f"in the batch of inputs {chunk.start} to {chunk.stop - 1}: {error}") from None
             rewards.append(self.model(**self._to_model(inputs)).rewards.float().cpu())
         return torch.cat(rewards)
 

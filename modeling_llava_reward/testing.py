@@ -12,6 +12,9 @@ Example:
     ['attention_mask', 'image_grid_thw', 'input_ids', 'mm_token_type_ids']
 """
 
+import io
+import struct
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -299,3 +302,31 @@ def _randomise_zero_projector_weights(vlm: PreTrainedModel):
     for parameter in get_family(vlm.config.model_type).projector_parameters(vlm).values():
         if parameter.ndim == 2 and not parameter.any():
             parameter.normal_(std=0.02)
+
+
+def write_bad_image_files(folder) -> dict[str, Path]:
+    """Files an image loader must refuse, written into `folder` (for tests of loaders, scorers and commands).
+
+    Keys: `missing` (not written), `empty`, `truncated` (half a PNG), `not_an_image` (text), `folder`, and
+    `decompression_bomb` (a 60-byte PNG whose header claims 20000x20000 pixels, over Pillow's MAX_IMAGE_PIXELS).
+    """
+    folder = Path(folder)
+    encoded = io.BytesIO()
+    tiny_images(1, [(64, 64)])[0].save(encoded, format="PNG")
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0)  # width, height, 8-bit RGB
+    contents = {
+        "empty": b"",
+        "truncated": encoded.getvalue()[: len(encoded.getvalue()) // 2],
+        "not_an_image": b"a caption, not an image\n",
+        "decompression_bomb": b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b""),
+    }
+    paths = {"missing": folder / "missing.png", "folder": folder / "a_folder.png"}
+    paths["folder"].mkdir(exist_ok=True)
+    for name, content in contents.items():
+        paths[name] = folder / f"{name}.png"
+        paths[name].write_bytes(content)
+    return paths
