@@ -111,13 +111,14 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 
 def _from_array(array: np.ndarray, label: str, channels_first: bool) -> Image.Image:
+    given_shape = tuple(array.shape)
     if array.ndim == 3 and channels_first:
         array = np.moveaxis(array, 0, -1)  # CHW -> HWC
     if array.ndim == 2:
         array = array[..., None]
     if array.ndim != 3 or array.shape[-1] not in (1, 3, 4):
         layout = "CHW" if channels_first else "HWC"
-        raise InputError(f"{label}: expected {layout} with 1, 3 or 4 channels, got shape {tuple(array.shape)}.")
+        raise InputError(f"{label}: expected {layout} with 1, 3 or 4 channels, got shape {given_shape}.")
     if array.dtype != np.uint8:
         if not np.issubdtype(array.dtype, np.floating):
             raise InputError(f"{label}: expected uint8 or float values, got dtype {array.dtype}.")
