@@ -1,0 +1,230 @@
+"""Train a LLaVA-Reward perspective from a YAML recipe.
+
+    python -m trainers.train --config configuration/recipes/tiny.yaml [--key value ...] [--resume [CHECKPOINT]]
+    llava-reward train --config RECIPE.yaml ...                                      # the same
+    torchrun --standalone --nproc_per_node 2 -m trainers.train --config RECIPE.yaml  # DDP
+    accelerate launch --config_file configuration/accelerate/ddp.yaml -m trainers.train --config RECIPE.yaml
+
+A recipe has three sections: `model` (`ModelArguments`: the base VLM and the reward head), `data` (`DataArguments`)
+and `training` (`LlavaRewardTrainingConfig`: TRL's `RewardConfig` plus objective, tau, margins and LoRA).
+`--section.key value` overrides one value (`--model.base_model PATH`, `--data.train FILE`); a bare `--key value`
+means `--training.key value`. Values are read as YAML 1.2 scalars (`1e-4`, `true`, `null`; `no` is a string).
+
+The result is written to `training.output_dir`: `checkpoint-N/` folders during training (resumable with `--resume`)
+and, at the end, the trained perspective itself (an adapter bundle, or a full model with `tuning: full`), which
+`LlavaRewardScorer.from_pretrained(output_dir)` loads.
+"""
+
+import argparse
+import dataclasses
+import difflib
+import logging
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+
+logger = logging.getLogger(__name__)
+
+
+class RecipeLoader(yaml.SafeLoader):
+    """YAML as in YAML 1.2: only true/false are booleans (`eval_strategy: no` stays a string) and 1e-4 is a number."""
+
+
+RecipeLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+RecipeLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$"), list("-+0123456789.")
+)
+
+
+class RecipeError(ValueError):
+    """A recipe (or an override) names an unknown key or holds an invalid value; the message says which."""
+
+
+@dataclass
+class ModelArguments:
+    """The base VLM and the reward head grafted onto it (`LlavaRewardModel.from_vlm`)."""
+
+    base_model: str | None = None  # a local folder or Hub id of the base VLM (recorded in the saved config)
+    revision: str | None = None
+    trust_remote_code: bool = False  # needed for Phi-3.5-vision; never implied
+    dtype: str = "float32"  # weights as loaded; mixed precision comes from `training.bf16`
+    attn_implementation: str | None = None
+    head: str = "skipca"
+    reward_dim: int = 1  # an even number >= 2 for objective gpm
+    hidden_layer: int = -1
+    visual_layer: int = 0
+    pooling: str = "last"
+    perspective: str = "overall"
+    max_prompt_tokens: int = 256  # longer prompts are truncated by the processor
+
+
+@dataclass
+class DataArguments:
+    """Training and evaluation data (`trainers.data.load_preference_data`)."""
+
+    train: str | None = None  # a JSON file, a saved dataset folder, or a `datasets` Hub id
+    eval: str | None = None
+    format: str = "auto"
+    image_root: str | None = None
+    train_split: str = "train"
+    eval_split: str = "test"
+    on_bad_image: str = "raise"  # or "skip" (drop and count rows whose images cannot be read)
+
+
+@dataclass
+class Recipe:
+    model: ModelArguments
+    data: DataArguments
+    training: "LlavaRewardTrainingConfig"  # noqa: F821 (imported lazily: transformers is slow to import)
+    path: Path | None = None
+
+
+SECTIONS = {"model": ModelArguments, "data": DataArguments, "training": None}
+
+
+def load_recipe(path, overrides: dict | None = None) -> Recipe:
+    """Read a recipe file, apply `{"section.key": value}` overrides, and validate every value."""
+    from .trainer import LlavaRewardTrainingConfig
+
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"Recipe {path} not found.")
+    raw = yaml.load(path.read_text(), Loader=RecipeLoader) or {}
+    if not isinstance(raw, dict) or set(raw) - set(SECTIONS):
+        raise RecipeError(f"{path}: the top level must be a mapping with sections {list(SECTIONS)}, got {list(raw)}.")
+    sections = {name: dict(raw.get(name) or {}) for name in SECTIONS}
+    for key, value in (overrides or {}).items():
+        section, _, field = key.rpartition(".")
+        if (section or "training") not in SECTIONS:
+            raise RecipeError(f"Override --{key}: unknown section {section!r}; use {', '.join(SECTIONS)}.")
+        sections[section or "training"][field] = value
+    classes = {"model": ModelArguments, "data": DataArguments, "training": LlavaRewardTrainingConfig}
+    built = {name: _build(classes[name], values, f"{path} [{name}]") for name, values in sections.items()}
+    for section, field in (("model", "base_model"), ("data", "train"), ("training", "output_dir")):
+        if getattr(built[section], field) in (None, ""):
+            raise RecipeError(f"{path}: `{section}.{field}` is required (set it in the recipe or with --{section}.{field}).")
+    return Recipe(**built, path=path)
+
+
+def _build(cls, values: dict, where: str):
+    known = {field.name for field in dataclasses.fields(cls) if field.init}
+    for key in values:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=3)
+            hint = f" Did you mean {', '.join(close)}?" if close else ""
+            raise RecipeError(f"{where}: unknown key {key!r}.{hint}")
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as error:
+        raise RecipeError(f"{where}: {error}") from None
+
+
+def parse_overrides(tokens: list[str]) -> dict:
+    """`["--a.b", "1", "--c=x"]` -> `{"a.b": 1, "c": "x"}` (values parsed as YAML scalars)."""
+    overrides, index = {}, 0
+    while index < len(tokens):
+        token = tokens[index]
+        if not token.startswith("--") or len(token) == 2:
+            raise RecipeError(f"Expected --key value, got {token!r}.")
+        key, has_value, value = token[2:].partition("=")
+        if not has_value:
+            if index + 1 >= len(tokens) or tokens[index + 1].startswith("--"):
+                raise RecipeError(f"--{key} needs a value.")
+            index += 1
+            value = tokens[index]
+        overrides[key.replace("-", "_")] = yaml.load(value, Loader=RecipeLoader)
+        index += 1
+    return overrides
+
+
+def train(recipe: Recipe, resume: bool | str = False):
+    """Build the model, processor and data of `recipe`, train, and save the result to `output_dir`.
+
+    `resume`: `True` continues from the last `checkpoint-N` in `output_dir`; a path continues from that checkpoint.
+    Returns the `LlavaRewardTrainer`.
+    """
+    import torch
+    from transformers import set_seed
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from modeling_llava_reward import LlavaRewardModel
+    from modeling_llava_reward import LlavaRewardProcessor
+
+    from .data import load_preference_data
+    from .trainer import LlavaRewardTrainer
+
+    model_args, data_args, args = recipe.model, recipe.data, recipe.training
+    checkpoint = None
+    if resume:
+        checkpoint = resume if isinstance(resume, str) else get_last_checkpoint(args.output_dir)
+        if checkpoint is None or not Path(checkpoint).is_dir():
+            raise RecipeError(f"--resume: no checkpoint to resume from in {resume if isinstance(resume, str) else args.output_dir}.")
+
+    with args.main_process_first(desc="loading the data"):
+        train_dataset = load_preference_data(
+            data_args.train, format=data_args.format, image_root=data_args.image_root, split=data_args.train_split,
+            on_bad_image=data_args.on_bad_image,
+        )
+        eval_dataset = data_args.eval and load_preference_data(
+            data_args.eval, format=data_args.format, image_root=data_args.image_root, split=data_args.eval_split,
+            on_bad_image=data_args.on_bad_image,
+        )
+
+    set_seed(args.seed)  # the reward head's initialisation
+    objective = args.objective or "bt"
+    model = LlavaRewardModel.from_vlm(
+        model_args.base_model,
+        revision=model_args.revision,
+        trust_remote_code=model_args.trust_remote_code,
+        dtype=getattr(torch, model_args.dtype) if model_args.dtype != "auto" else "auto",
+        **({"attn_implementation": model_args.attn_implementation} if model_args.attn_implementation else {}),
+        objective=objective,
+        reward_dim=model_args.reward_dim,
+        tau=args.tau or 0.1,
+        head=model_args.head,
+        hidden_layer=model_args.hidden_layer,
+        visual_layer=model_args.visual_layer,
+        pooling=model_args.pooling,
+        perspective=model_args.perspective,
+    )
+    processor = LlavaRewardProcessor.from_base(model_args.base_model, max_prompt_tokens=model_args.max_prompt_tokens)
+    trainer = LlavaRewardTrainer(
+        model, args, train_dataset=train_dataset, eval_dataset=eval_dataset or None, processing_class=processor
+    )
+    trainable, total = trainer.trainable_parameters
+    if trainer.is_world_process_zero():
+        print(f"[llava-reward] {args.tuning}: {trainable:,} of {total:,} parameters trainable ({trainable / total:.2%})")
+    trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.save_model(args.output_dir)
+    if trainer.is_world_process_zero():
+        print(f"[llava-reward] saved the trained {model_args.perspective} reward model to {args.output_dir}")
+    return trainer
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    parser = parser or argparse.ArgumentParser(prog="python -m trainers.train", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", required=True, metavar="RECIPE.yaml", help="the training recipe")
+    parser.add_argument(
+        "--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
+        help="continue from the last checkpoint in output_dir (or from CHECKPOINT)",
+    )
+    parser.epilog = "Any other --section.key value overrides the recipe (--learning_rate 1e-4, --model.base_model PATH)."
+    return parser
+
+
+def main(argv=None) -> int:
+    args, extras = build_parser().parse_known_args(argv)
+    train(load_recipe(args.config, parse_overrides(extras)), resume=args.resume)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
