@@ -174,7 +174,7 @@ def test_gpm_rank_is_by_copeland_wins(images):
 
 def test_reward_fn_takes_pil_lists_and_nchw_tensors(bt_scorer):
     pil_images = tiny_images(3, seed=5)
-    nchw = torch.stack([torch.from_numpy(np.asarray(image)).permute(2, 0, 1) for image in pil_images]) / 255.0
+    nchw = torch.stack([torch.from_numpy(np.array(image)).permute(2, 0, 1) for image in pil_images]) / 255.0
     prompts = ["a cat", "a dog", "a fox"]
     from_pil, info = bt_scorer.reward_fn(pil_images, prompts, metadata=[{}, {}, {}])
     from_tensor, _ = bt_scorer.reward_fn(nchw, prompts)
