@@ -8,11 +8,12 @@ formats, and write one JSON line per image or row (stdout, or `--output`):
   `chosen_probability` / `reject_probability` = sigmoid(reward) for a CE model;
 - unpaired rows `{"prompt", "path", "label"}` give `reward` (and `probability` for a CE model).
 
-Every output line repeats the input row and adds `row`, its 1-based number (the element of a JSON list, or the line
-of a JSON-lines file). A bad row stops the run with a message naming it (exit code 1); with `--skip-bad` it is
-skipped and reported at the end. Image paths in a file resolve against `--image-root` (default: the file's folder):
-the path as written, else its longest trailing part that exists there (`data/sample_test/sample_img/x.jpg` is found
-as `sample_img/x.jpg`), since the published files name paths from the root of the training repository.
+Every output line repeats the input row and adds `row`, its index counted from 0 (the element of a JSON list, or the
+non-blank line of a JSON-lines file: the `row` of `trainers.data` too). A bad row stops the run with a message naming
+it (exit code 1); with `--skip-bad` it is skipped and reported at the end. Image paths in a file resolve as in
+`trainers.data`: against `--image-root` (default: the file's folder), as written, else with leading folders dropped
+one at a time (`data/sample_test/sample_img/x.jpg` is found as `sample_img/x.jpg`), since the published files name
+paths from the root of the authors' repository.
 
 Example:
     >>> from modeling_llava_reward.commands import build_parser
@@ -38,8 +39,8 @@ EPILOG = """\
 Input files: a JSON list of rows, or a .jsonl file with one row per line; pairwise rows
   {"prompt": str or [prompt_chosen, prompt_rejected], "chosen_path": ..., "reject_path": ...}
   and unpaired rows {"prompt": ..., "path": ..., "label": 0|1}. Relative image paths resolve against
-  --image-root (default: the file's folder), as written or by their longest trailing part found there.
-Output: one JSON line per image or row (the row, its 1-based number "row", and the rewards).
+  --image-root (default: the file's folder), as written or with leading folders dropped until found.
+Output: one JSON line per image or row (the row, its index "row" counted from 0, and the rewards).
 Exit codes: 0 success, 1 bad input (message on stderr naming the image or row), 2 usage error.
 """
 
@@ -99,7 +100,7 @@ def _positive_int(text: str) -> int:
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     _check_usage(args, parser)
     # Rows are read and their images found before the model loads: a malformed file fails in a second.
-    rows = read_rows(Path(args.input), args.image_root) if args.input else None
+    file_run = FileRun(args, read_rows(Path(args.input), args.image_root)) if args.input else None
     scorer = _load_scorer(args)
     if args.command == "compare" and scorer.objective == "ce":
         raise UserInputError(
@@ -107,9 +108,9 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             "image on its own: use `llava-reward score`."
         )
     with _open_output(args.output) as output:
-        if rows is None:
+        if file_run is None:
             return _score_images(scorer, args, output)
-        return FileRun(scorer, args, output).score(rows)
+        return file_run.score(scorer, output)
 
 
 def _check_usage(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
@@ -212,7 +213,7 @@ def _write(output, record: dict) -> None:
 class Row:
     """One scorable row of an input file."""
 
-    number: int  # 1-based: the element of a JSON list, or the line of a JSON-lines file
+    number: int  # from 0: the element of a JSON list, or the non-blank line of a JSON-lines file
     record: dict  # the row as read, repeated in its output line
     prompts: list  # one per image
     paths: list[Path]  # [chosen, rejected] for a pairwise row, [path] for an unpaired one
@@ -257,20 +258,20 @@ def _parse(file: Path, text: str) -> list[tuple[int, object]]:
     """(row number, parsed JSON or the exception) for each row."""
     if file.suffix == ".jsonl":
         rows = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if line.strip():
-                try:
-                    rows.append((number, json.loads(line)))
-                except json.JSONDecodeError as error:
-                    rows.append((number, ValueError(f"not valid JSON ({error})")))
+        for number, line in enumerate(line for line in text.splitlines() if line.strip()):
+            try:
+                rows.append((number, json.loads(line)))
+            except json.JSONDecodeError as error:
+                rows.append((number, ValueError(f"not valid JSON ({error})")))
         return rows
     try:
         data = json.loads(text)
     except json.JSONDecodeError as error:
-        raise UserInputError(f"--input {file}: not valid JSON ({error}); a JSON-lines file must end in .jsonl.") from None
+        hint = "a JSON-lines file must end in .jsonl"
+        raise UserInputError(f"--input {file}: not valid JSON ({error}); {hint}.") from None
     if not isinstance(data, list):
         raise UserInputError(f"--input {file}: expected a JSON list of rows, got a JSON {type(data).__name__}.")
-    return list(enumerate(data, start=1))
+    return list(enumerate(data))
 
 
 def _row(number: int, parsed, root: Path) -> Row:
@@ -287,7 +288,9 @@ def _row(number: int, parsed, root: Path) -> Row:
             f"expected a pairwise row (prompt, chosen_path, reject_path) or an unpaired row (prompt, path); got keys "
             f"{sorted(parsed)}."
         )
-    return Row(number, parsed, prompts, [resolve_image(_required(parsed, key), root, key) for key in keys])
+    from trainers.data import _resolve  # the training data's rule, shared so that both find the same files
+
+    return Row(number, parsed, prompts, [Path(_resolve(_required(parsed, key), root, repr(key))) for key in keys])
 
 
 def _required(record: dict, key: str):
@@ -305,55 +308,43 @@ def _pairwise_prompts(record: dict) -> list:
     return [prompt, prompt]
 
 
-def resolve_image(value, root: Path, key: str = "path") -> Path:
-    """The file an image path of a row names: absolute as is; relative against `root`, as written or else by its
-    longest trailing part that exists there (the published files name paths from the training repository's root).
-    """
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"{key!r} must be a non-empty string, got {value!r}.")
-    path = Path(value)
-    candidates = [path] if path.is_absolute() else [root.joinpath(*path.parts[start:]) for start in range(len(path.parts))]
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-    where = "" if path.is_absolute() else f" under {root} (as written, or by a trailing part of it)"
-    raise ValueError(f"{key} {value!r}: image file not found{where}.")
-
-
 class FileRun:
-    """Scores the rows of an input file batch by batch, writing each row's line as soon as it is scored."""
+    """Scores the rows of an input file batch by batch, writing each row's line as soon as it is scored.
 
-    def __init__(self, scorer, args: argparse.Namespace, output):
-        self.scorer = scorer
+    Rows that are bad as read (malformed, image not found, unpaired for `compare`) are refused on construction,
+    before the model loads: the run stops at the first one unless `--skip-bad`.
+    """
+
+    def __init__(self, args: argparse.Namespace, rows: list[Row | BadRow]):
         self.args = args
-        self.output = output
+        self.total = len(rows)
         self.skipped: list[BadRow] = []
-        self.preferred = []  # per scored pairwise row: whether P(chosen > rejected) > 0.5
+        self.preferred: list[bool] = []  # per scored pairwise row: whether P(chosen > rejected) > 0.5
+        if args.command == "compare":
+            rows = [_pairwise_only(row) for row in rows]
+        for bad in (row for row in rows if isinstance(row, BadRow)):
+            self.reject(bad)
+        self.rows = [row for row in rows if isinstance(row, Row)]
 
-    def score(self, rows: list[Row | BadRow]) -> int:
+    def score(self, scorer, output) -> int:
         from tqdm.auto import tqdm
 
-        if self.args.command == "compare":
-            rows = [self.pairwise_only(row) for row in rows]
-        for bad in (row for row in rows if isinstance(row, BadRow)):
-            self.reject(bad)  # before any scoring: stops here unless --skip-bad
-        good = [row for row in rows if isinstance(row, Row)]
         size = self.args.batch_size
-        batches = [good[start : start + size] for start in range(0, len(good), size)]
+        batches = [self.rows[start : start + size] for start in range(0, len(self.rows), size)]
         # tqdm's disable=None: a bar on a terminal only.
         for batch in tqdm(batches, desc="scoring", unit="batch", disable=True if self.args.no_progress else None):
-            for row, rewards in self.score_rows(batch):
-                _write(self.output, {"row": row.number, **row.record, **self.results(row, rewards)})
-        return self.summarize(len(rows))
+            for row, rewards in self.score_rows(scorer, batch):
+                _write(output, {"row": row.number, **row.record, **self.results(scorer, row, rewards)})
+        return self.summarize()
 
-    def score_rows(self, rows: list[Row]) -> list:
+    def score_rows(self, scorer, rows: list[Row]) -> list:
         """(row, rewards) for the rows that can be scored; a failing batch is retried row by row to name the culprit."""
         from modeling_llava_reward.image_inputs import InputError
 
         prepared = []
         for row in rows:
             try:
-                prepared.append((row, *self.prepare(row)))
+                prepared.append((row, *_prepare(scorer.processor, row)))
             except InputError as error:
                 self.reject(BadRow(row.number, str(error)))
         if not prepared:
@@ -361,57 +352,56 @@ class FileRun:
         prompts = [prompt for _, row_prompts, _ in prepared for prompt in row_prompts]
         images = [image for _, _, row_images in prepared for image in row_images]
         try:
-            rewards = self.scorer.score(prompts, images, batch_size=self.args.batch_size, progress=False)
+            rewards = scorer.score(prompts, images, batch_size=self.args.batch_size, progress=False)
         except InputError as error:  # the image processor refused an image (e.g. Qwen-VL: aspect ratio over 200)
             if len(prepared) == 1:
                 self.reject(BadRow(prepared[0][0].number, str(error)))
                 return []
-            return [scored for row, _, _ in prepared for scored in self.score_rows([row])]
+            return [scored for row, _, _ in prepared for scored in self.score_rows(scorer, [row])]
         return list(zip([row for row, _, _ in prepared], rewards.split([len(row.paths) for row, _, _ in prepared])))
 
-    def prepare(self, row: Row) -> tuple[list[str], list]:
-        """The row's checked prompts (truncated, with a warning naming the row) and loaded images."""
-        from modeling_llava_reward.image_inputs import load_image
-
-        processor = self.scorer.processor
-        images = [load_image(path, index) for index, path in enumerate(row.paths)]
-        prompts, images = processor.pair(row.prompts, images)
-        name = f"row {row.number}'s prompt"
-        truncated = {prompt: processor.truncate_prompt(prompt, name=name) for prompt in dict.fromkeys(prompts)}
-        return [truncated[prompt] for prompt in prompts], images
-
-    def results(self, row: Row, rewards) -> dict:
+    def results(self, scorer, row: Row, rewards) -> dict:
         if not row.pairwise:
-            return _rewards(self.scorer, rewards[0], "")
-        results = {**_rewards(self.scorer, rewards[0], "chosen_"), **_rewards(self.scorer, rewards[1], "reject_")}
-        if self.scorer.objective != "ce":
-            results["p_chosen"] = _probability(self.scorer, rewards[0], rewards[1])
+            return _rewards(scorer, rewards[0], "")
+        results = {**_rewards(scorer, rewards[0], "chosen_"), **_rewards(scorer, rewards[1], "reject_")}
+        if scorer.objective != "ce":
+            results["p_chosen"] = _probability(scorer, rewards[0], rewards[1])
             self.preferred.append(results["p_chosen"] > 0.5)
         return results
-
-    @staticmethod
-    def pairwise_only(row: Row | BadRow) -> Row | BadRow:
-        if isinstance(row, Row) and not row.pairwise:
-            return BadRow(row.number, "compare needs a pairwise row (prompt, chosen_path, reject_path).")
-        return row
 
     def reject(self, bad: BadRow) -> None:
         if not self.args.skip_bad:
             raise UserInputError(f"{self.args.input}: {bad} (--skip-bad skips bad rows)")
         self.skipped.append(bad)
 
-    def summarize(self, total: int) -> int:
+    def summarize(self) -> int:
         """The summary on stderr; exit code 1 when no row could be scored."""
         command = f"llava-reward {self.args.command}"
         for bad in sorted(self.skipped, key=lambda bad: bad.number):
             print(f"{command}: skipped {bad}", file=sys.stderr)
-        scored = total - len(self.skipped)
-        print(f"{command}: scored {scored} of {total} rows of {self.args.input}; skipped {len(self.skipped)}.", file=sys.stderr)
+        scored = self.total - len(self.skipped)
+        print(f"{command}: scored {scored} of {self.total} rows of {self.args.input}; skipped {len(self.skipped)}.",
+              file=sys.stderr)
         if self.preferred:
-            print(
-                f"{command}: P(chosen > rejected) > 0.5 on {sum(self.preferred)} of {len(self.preferred)} pairwise rows.",
-                file=sys.stderr,
-            )
+            print(f"{command}: P(chosen > rejected) > 0.5 on {sum(self.preferred)} of {len(self.preferred)} pairwise "
+                  "rows.", file=sys.stderr)
         if scored == 0:
             raise UserInputError(f"{self.args.input}: no row could be scored.")
         return 0
+
+
+def _pairwise_only(row: Row | BadRow) -> Row | BadRow:
+    if isinstance(row, Row) and not row.pairwise:
+        return BadRow(row.number, "compare needs a pairwise row (prompt, chosen_path, reject_path).")
+    return row
+
+
+def _prepare(processor, row: Row) -> tuple[list[str], list]:
+    """The row's checked prompts (truncated, with a warning naming the row) and its loaded images."""
+    from modeling_llava_reward.image_inputs import load_image
+
+    images = [load_image(path, index) for index, path in enumerate(row.paths)]
+    prompts, images = processor.pair(row.prompts, images)
+    name = f"row {row.number}'s prompt"
+    truncated = {prompt: processor.truncate_prompt(prompt, name=name) for prompt in dict.fromkeys(prompts)}
+    return [truncated[prompt] for prompt in prompts], images
