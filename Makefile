@@ -27,3 +27,6 @@ test-slow: install
 
 test-all: install
 	$(PY) -m pytest -q -m ""
+
+bench: install
+	$(PY) benchmarks/run_all.py

@@ -1,0 +1,99 @@
+"""Item 3 - a generative judge vs our single forward, on the same backbone weights and the same images.
+
+`judge`: the backbone as a VQA-style judge (the kind of evaluator the paper compares with: VQAScore, LlavaGuard,
+EvalAlign): `LlavaForConditionalGeneration.generate` answering an evaluation instruction about the caption, greedy,
+exactly 32 new tokens (`min_new_tokens=max_new_tokens=32`) with the KV cache. `ours`: one `LlavaRewardModel`
+forward on the reward text. The reward model wraps the generator's own base model, so both run the same weights.
+Inputs are processed beforehand: the timings compare the model calls only.
+Target: judge / ours >= 10.
+
+    python benchmarks/bench_generative_judge.py            # tiny model and the default backbone
+    python benchmarks/bench_generative_judge.py --quick    # smoke run
+"""
+
+import torch
+
+from common import Report
+from common import load_backbones
+from common import measure
+from common import megabytes
+from common import parse_args
+from common import ratio
+from common import scoring_inputs
+from common import seconds
+
+
+INSTRUCTION = 'Does this image show "{caption}"? Answer yes or no, then explain what matches and what does not.'
+NEW_TOKENS = 32
+
+
+def judge_inputs(processor, captions: list[str], images: list):
+    """The generator's inputs: one chat turn (image + instruction) per row, ready for the assistant's answer."""
+    texts = [
+        processor.apply_chat_template(
+            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": INSTRUCTION.format(caption=c)}]}],
+            add_generation_prompt=True,
+            tokenize=False,
+        )
+        for c in captions
+    ]
+    return processor(text=texts, images=[[image] for image in images], return_tensors="pt", padding=True)
+
+
+def main():
+    args = parse_args(__doc__.splitlines()[0], dict(batch_sizes="1,2"), batch_sizes="1,8", image_size=112)
+    report = Report("generative_judge", __doc__.splitlines()[0], args)
+    batch_sizes = [int(size) for size in args.batch_sizes.split(",")]
+    captions, images = scoring_inputs(max(batch_sizes), args.input_px)
+    for backbone in load_backbones(args, report):
+        if backbone.name != "tiny":
+            backbone.set_image_size(args.image_size)
+        model = backbone.reward_model()
+        processor = backbone.reward_processor()
+        backbone.processor.tokenizer.padding_side = "left"  # batched generation needs left padding
+        for batch_size in batch_sizes:
+            reward_inputs = processor(captions[:batch_size], images[:batch_size])
+            generation_inputs = judge_inputs(backbone.processor, captions[:batch_size], images[:batch_size])
+
+            @torch.inference_mode()
+            def run_judge():
+                generated = backbone.generator.generate(
+                    **generation_inputs,
+                    max_new_tokens=NEW_TOKENS,
+                    min_new_tokens=NEW_TOKENS,
+                    do_sample=False,
+                    pad_token_id=backbone.processor.tokenizer.pad_token_id,
+                )
+                assert generated.shape[1] == generation_inputs["input_ids"].shape[1] + NEW_TOKENS
+
+            @torch.inference_mode()
+            def run_ours():
+                model(**reward_inputs)
+
+            results = measure({"judge": run_judge, "ours": run_ours}, args)
+            row = report.add(
+                model=backbone.name,
+                image_px=backbone.image_size,
+                batch=batch_size,
+                judge_prompt_tokens=generation_inputs["input_ids"].shape[1],
+                reward_tokens=reward_inputs["input_ids"].shape[1],
+                results=results,
+                speedup=ratio(results["judge"], results["ours"]),
+            )
+            print(row["model"], batch_size, {k: round(v["median_s"], 4) for k, v in results.items()}, flush=True)
+    report.write(
+        {
+            "model": lambda row: row["model"],
+            "image px": lambda row: row["image_px"],
+            "batch": lambda row: row["batch"],
+            "tokens judge / ours": lambda row: f"{row['judge_prompt_tokens']}+{NEW_TOKENS} / {row['reward_tokens']}",
+            "judge s": lambda row: seconds(row["results"]["judge"]),
+            "ours s": lambda row: seconds(row["results"]["ours"]),
+            "judge/ours (target >= 10)": lambda row: row["speedup"],
+            "peak MB judge / ours": lambda row: " / ".join(megabytes(row["results"][n]) for n in ("judge", "ours")),
+        }
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""Run every benchmark (what `make bench` does), each in its own process, and report how long each took.
+
+Arguments after the options are passed to every script (e.g. `--quick`, `--models tiny`, `--repeats 3`).
+
+    python benchmarks/run_all.py                        # the full suite: tiny model and the default backbone
+    python benchmarks/run_all.py --quick                # smoke run: tiny model, smallest settings
+    python benchmarks/run_all.py --only published_design generative_judge
+    python benchmarks/run_all.py --in-process --quick   # one process for all (imports paid once: the smoke test)
+"""
+
+import argparse
+import json
+import runpy
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+BENCHMARKS_DIR = Path(__file__).resolve().parent
+# In the order of the issue's items 1-7.
+SCRIPTS = (
+    "scoring_overhead",
+    "published_design",
+    "generative_judge",
+    "early_exit",
+    "multi_perspective",
+    "training",
+    "throughput",
+)
+
+
+def run(name: str, script_args: list[str], in_process: bool) -> float:
+    """Run `bench_<name>.py` with `script_args`; returns its wall time in seconds (raises if it failed)."""
+    script = BENCHMARKS_DIR / f"bench_{name}.py"
+    print(f"=== {name}: {script.name} {' '.join(script_args)}", flush=True)
+    start = time.perf_counter()
+    if in_process:
+        saved_argv, sys.argv = sys.argv, [str(script), *script_args]
+        try:
+            runpy.run_path(str(script), run_name="__main__")
+        finally:
+            sys.argv = saved_argv
+    else:
+        subprocess.run([sys.executable, str(script), *script_args], check=True)
+    return time.perf_counter() - start
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="+", choices=SCRIPTS, default=SCRIPTS, help="run these benchmarks only")
+    parser.add_argument("--in-process", action="store_true", help="run the scripts in this process")
+    args, script_args = parser.parse_known_args()
+    sys.path.insert(0, str(BENCHMARKS_DIR))  # the scripts import `common`
+    durations = {}
+    start = time.perf_counter()
+    for name in args.only:
+        durations[name] = round(run(name, script_args, args.in_process), 1)
+    total = round(time.perf_counter() - start, 1)
+    summary = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "total_s": total, "scripts_s": durations}
+    print(json.dumps(summary, indent=2), flush=True)
+    if "--quick" not in script_args and set(args.only) == set(SCRIPTS):
+        (BENCHMARKS_DIR / "results" / "run_all.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
