@@ -194,13 +194,14 @@ def render_perspective_card(
         tau=config.tau,
         reward_dim=config.reward_dim,
         has_lora=lora is not None,
+        skipca=config.head == "skipca",
         output_description=_output_description(config),
         head_description=_head_description(config),
         hidden_layer_description=(
             "final normed hidden state" if config.hidden_layer == -1 else f"hidden state {config.hidden_layer}"
         ),
         pooling_description="at the last token (the reward token)" if config.pooling == "last" else "mean over tokens",
-        trained_weights=_trained_weights(model_dir, lora),
+        trained_weights=_trained_weights(model_dir, config, lora),
         training_rows=training_rows(read_recipe(recipe), lora),
         metric_rows=metric_rows(read_metrics(metrics, model_dir)),
         conversion=json.loads(conversion_file.read_text()) if conversion_file.is_file() else None,
@@ -237,10 +238,11 @@ def _head_description(config: LlavaRewardConfig) -> str:
     return f"SkipCA over the visual tokens of {source} (single head, residual, RMSNorm), then a linear value head"
 
 
-def _trained_weights(model_dir: Path, lora: dict | None) -> str:
+def _trained_weights(model_dir: Path, config: LlavaRewardConfig, lora: dict | None) -> str:
     if not is_adapter_bundle(model_dir):
         return "all weights (full fine-tuning, `model.safetensors`)"
-    head = "vision projector, SkipCA and value head (`reward_head.safetensors`)"
+    modules = "vision projector, SkipCA and value head" if config.head == "skipca" else "vision projector and value head"
+    head = f"{modules} (`reward_head.safetensors`)"
     if lora is None:
         return head
     return f"LoRA adapter on the language model (rank {lora['r']}, alpha {lora['lora_alpha']}), {head}"

@@ -349,7 +349,6 @@ def _with_lora(model: LlavaRewardModel, lora_dir: Path, layout: PublishedLayout)
         raise ValueError(f"{weights_file}: LoRA targets {unknown[:5]} are not linear layers of {model.config.base_model}.")
     lora_config = LoraConfig(
         target_modules=targets,
-        base_model_name_or_path=model.config.base_model,
         **{key: published[key] for key in LORA_FIELDS if key in published},
     )
     peft_model = get_peft_model(model, lora_config)

@@ -1,0 +1,138 @@
+"""Model cards: valid front matter, every section, the evaluation table from metrics.json, and usage snippets that run
+as printed against a local folder."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import yaml
+from huggingface_hub import ModelCard
+
+from hub_cards.cards import metric_rows
+from hub_cards.cards import render_perspective_card
+from hub_cards.testing import save_tiny_perspective
+from modeling_llava_reward.testing import save_tiny_vlm
+
+
+SECTIONS = [
+    "## Model",
+    "## How to read the reward",
+    "## Usage",
+    "## Training",
+    "## Evaluation",
+    "## Intended use and limitations",
+    "## Citation",
+]
+PERSPECTIVES = {
+    "alignment": dict(objective="bt", tau=0.5),
+    "fidelity": dict(objective="gpm", reward_dim=2),
+    "safety": dict(objective="ce", head="linear", lora=False),
+}
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    """A local folder laid out like a Hub repo of perspectives, on a tiny LLaVA base recorded as `org/tiny-llava`."""
+    root = tmp_path_factory.mktemp("cards")
+    base = save_tiny_vlm("llava", root / "base")
+    for seed, (name, fields) in enumerate(PERSPECTIVES.items()):
+        save_tiny_perspective(base, root / "repo" / name, perspective=name, seed=seed, **fields)
+    return root / "repo"
+
+
+def front_matter(card_text: str) -> dict:
+    match = re.match(r"---\n(.*?)\n---\n", card_text, flags=re.DOTALL)
+    assert match, "the card must start with a YAML front matter block"
+    return yaml.safe_load(match.group(1))
+
+
+def python_blocks(card_text: str) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", card_text, flags=re.DOTALL)
+
+
+@pytest.mark.parametrize("perspective", list(PERSPECTIVES))
+def test_card_has_valid_front_matter_and_every_section(repo, perspective):
+    card = render_perspective_card(repo / perspective, repo_id="me/llava-reward-tiny", license="apache-2.0")
+    text = str(card)
+    metadata = front_matter(text)
+    assert metadata["license"] == "apache-2.0"
+    assert {"llava-reward", "reward-model", "text-to-image", perspective} <= set(metadata["tags"])
+    assert "base_model" not in metadata  # the recorded base is a local path: not a Hub reference
+    assert ModelCard(text).data.to_dict() == metadata  # huggingface_hub reads back what was written
+    positions = [text.index(section) for section in SECTIONS]
+    assert positions == sorted(positions)
+    assert "Reward hacking" in text and "@inproceedings{zhou2025llavareward" in text
+    assert f"**{perspective}** perspective" in text
+    assert 'LlavaRewardScorer.from_pretrained("me/llava-reward-tiny", subfolder="' + perspective + '")' in text
+
+
+def test_how_the_reward_reads_follows_the_objective(repo):
+    bt = str(render_perspective_card(repo / "alignment", repo_id="me/x"))
+    assert "P(a > b) = sigmoid((r_a - r_b) / tau),   tau = 0.5" in bt
+    assert "LoRA adapter on the language model (rank 4, alpha 8)" in bt
+    gpm = str(render_perspective_card(repo / "fidelity", repo_id="me/x"))
+    assert "s(a, b) = sum_k (a[2k] * b[2k+1] - a[2k+1] * b[2k])" in gpm and "R^2" in gpm
+    ce = str(render_perspective_card(repo / "safety", repo_id="me/x"))
+    assert "P(label = 1 | image, prompt) = sigmoid(r)" in ce and "label 1 = safe" in ce
+    assert "linear value head on the hidden state (no SkipCA)" in ce and "LoRA" not in ce.split("## Usage")[0]
+
+
+def test_a_hub_base_model_is_referenced_in_the_front_matter(repo, tmp_path):
+    from configuration import LlavaRewardConfig
+
+    config = LlavaRewardConfig.from_pretrained(repo / "alignment")
+    config.base_model, config.base_model_revision = "org/tiny-llava", "0123abc"
+    text = str(render_perspective_card(repo / "alignment", repo_id="me/x", config=config))
+    metadata = front_matter(text)
+    assert metadata["base_model"] == "org/tiny-llava" and metadata["base_model_relation"] == "adapter"
+    assert "`org/tiny-llava` at revision `0123abc`" in text
+
+
+def test_evaluation_table_comes_from_metrics_json(repo, tmp_path):
+    without = str(render_perspective_card(repo / "fidelity", repo_id="me/x"))
+    assert "No evaluation results were recorded" in without
+    metrics = {"mjbench_fidelity": {"accuracy_with_ties": 0.912345, "accuracy_without_ties": 0.9}, "eval_loss": 0.31}
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    text = str(render_perspective_card(repo / "fidelity", repo_id="me/x", metrics=tmp_path / "metrics.json"))
+    table = text.split("## Evaluation")[1].split("##")[0]
+    assert "| mjbench_fidelity | accuracy_with_ties | 0.9123 |" in table
+    assert "| mjbench_fidelity | accuracy_without_ties | 0.9 |" in table
+    assert "|  | eval_loss | 0.31 |" in table
+    assert metric_rows({"a": {"b": {"c": 1}}, "skipped": [1, 2]}) == [("a", "b / c", "1")]
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="bad.json must hold a JSON object of metrics"):
+        render_perspective_card(repo / "fidelity", repo_id="me/x", metrics=tmp_path / "bad.json")
+
+
+def test_training_section_shows_the_recipe_but_not_machine_paths(repo, tmp_path):
+    recipe = {
+        "model": {"base_model": "org/tiny-llava", "perspective": "alignment"},
+        "data": {"train": "mjbench_pairs.json"},
+        "training": {"learning_rate": 0.0002, "num_train_epochs": 1, "output_dir": "/home/me/runs/alignment"},
+    }
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    text = str(render_perspective_card(repo / "alignment", repo_id="me/x", recipe=tmp_path / "recipe.yaml"))
+    training = text.split("## Training")[1].split("## Evaluation")[0]
+    assert "| data.train | mjbench_pairs.json |" in training and "| training.learning_rate | 0.0002 |" in training
+    assert "/home/me" not in training
+    assert "No training recipe" in str(render_perspective_card(repo / "safety", repo_id="me/x"))
+
+
+def test_usage_snippets_run_as_printed_against_a_local_folder(repo, tmp_path):
+    script = []
+    for perspective in ("alignment", "safety"):
+        card = render_perspective_card(repo / perspective, repo_id=str(repo))
+        blocks = python_blocks(str(card))
+        assert len(blocks) == 2
+        script += blocks
+    (tmp_path / "snippets.py").write_text("\n".join(script))
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    done = subprocess.run([sys.executable, "snippets.py"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    # alignment: rewards, P(red > green), {alignment: rewards}; safety: rewards, sigmoid(rewards), {safety: rewards}
+    assert lines[0].startswith("tensor([") and 0 < float(lines[1]) < 1 and lines[2].startswith("{'alignment': tensor(")
+    assert lines[3].startswith("tensor([") and lines[4].startswith("tensor([") and lines[5].startswith("{'safety': tensor(")
