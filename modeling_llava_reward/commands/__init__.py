@@ -19,7 +19,7 @@ import sys
 from .errors import UserInputError
 
 # Module names (in this package) of the subcommands, in the order `--help` lists them.
-SUBCOMMAND_MODULES = ("score", "train", "push", "convert_original")
+SUBCOMMAND_MODULES = ("score", "train", "push", "convert_original", "evaluate")
 
 
 def build_parser() -> argparse.ArgumentParser:

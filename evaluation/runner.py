@@ -1,0 +1,430 @@
+"""Score a benchmark with a LLaVA-Reward model and write metrics.json, report.md, scores.jsonl and PNG plots.
+
+The metrics are computed by the `evaluate` modules of `evaluation/metrics/`, loaded by path (the same code users
+load with `evaluate.load`). Scoring is resumable: every batch of scored rows is appended to `scores.jsonl` at once,
+and a run into a folder that already holds one scores only the rows it lacks, in the batches an uninterrupted run
+would have used, so that its final outputs are the same.
+
+Example:
+    >>> from evaluation import Evaluation
+    >>> from modeling_llava_reward import LlavaRewardScorer
+    >>> evaluation = Evaluation("mjbench", "../shared/data/mjbench_quality/human", "out/human")  # doctest: +SKIP
+    >>> metrics = evaluation.run(LlavaRewardScorer.from_pretrained("my-reward"), model="my-reward")  # doctest: +SKIP
+    >>> metrics["results"]["overall"]["accuracy_with_ties"]  # doctest: +SKIP
+    0.97
+"""
+
+import dataclasses
+import functools
+import importlib.metadata
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+from scipy.special import expit
+
+from modeling_llava_reward.image_inputs import InputError
+
+from . import plots
+from .benchmarks import LABELLED
+from .benchmarks import PAIRS
+from .benchmarks import RATED
+from .benchmarks import BadRow
+from .benchmarks import BadRowsError
+from .benchmarks import read_benchmark
+from .report import write_report
+
+
+METRICS_DIR = Path(__file__).parent / "metrics"
+SCORES_FILE, METRICS_FILE, REPORT_FILE = "scores.jsonl", "metrics.json", "report.md"
+HISTOGRAM_FILE, RELIABILITY_FILE = "reward_histogram.png", "reliability.png"
+
+
+@functools.cache
+def load_metric(name: str, config_name: str | None = None):
+    """The `evaluate` metric module `evaluation/metrics/<name>`, loaded by path (no network)."""
+    import evaluate
+
+    # In memory: nothing to cache on disk for a single compute, and no lock file left behind if it raises.
+    return evaluate.load(str(METRICS_DIR / name), config_name, keep_in_memory=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class Protocol:
+    """How scores become metrics (scores do not depend on it: a resumed run may change it)."""
+
+    tie_threshold: float = 0.0  # pairs: a tie when |reward margin| (GPM: |P - 0.5|) <= this
+    num_bootstrap: int = 1000  # pairs: bootstrap replicates of the accuracy intervals
+    seed: int = 0  # of the bootstrap
+    threshold: float = 0.5  # labelled: P(label=1) >= threshold predicts label 1
+    pos_label: int = 1  # labelled: the class precision, recall and F1 are about
+    num_bins: int = 10  # reliability diagram
+
+    def for_kind(self, kind: str) -> dict:
+        names = {PAIRS: ("tie_threshold", "num_bootstrap", "seed"), RATED: (), LABELLED: ("threshold", "pos_label")}
+        return {name: getattr(self, name) for name in names[kind] + ("num_bins",)}
+
+
+class Evaluation:
+    """One benchmark, read from `data`, evaluated into `output_dir`.
+
+    Reading happens here, before any model is loaded, so that bad data fails at once: a row that cannot be scored
+    (malformed, or naming a missing image) raises `BadRowsError` naming it, unless `skip_bad` is set, in which case
+    bad rows are skipped and listed in metrics.json and report.md.
+
+    Args:
+        benchmark (`str`): `mjbench`, `tifa160`, `unpaired` or `pairwise` (see `evaluation.benchmarks`).
+        data (`str` or `os.PathLike`): the benchmark's file or folder.
+        output_dir (`str` or `os.PathLike`): where the outputs go (created if needed).
+        image_root (*optional*): the folder relative image paths start from (default: beside the data).
+        limit (`int`, *optional*): only the first `limit` rows of each data file (a quick check).
+        skip_bad (`bool`): skip bad rows instead of raising.
+        protocol (`Protocol`, *optional*): metric parameters.
+        reference_benchmark (`str`, *optional*): the benchmark name of `evaluation/references` to print our results
+            beside; defaults to `benchmark` (`smid` or `unsafediff` make sense for `unpaired` data).
+    """
+
+    def __init__(
+        self,
+        benchmark: str,
+        data,
+        output_dir,
+        *,
+        image_root=None,
+        limit: int | None = None,
+        skip_bad: bool = False,
+        protocol: Protocol | None = None,
+        reference_benchmark: str | None = None,
+    ):
+        self.rows = read_benchmark(benchmark, data, image_root=image_root, limit=limit)
+        if self.rows.bad_rows and not skip_bad:
+            raise BadRowsError(self.rows.bad_rows)
+        self.data = str(Path(data).resolve())
+        self.image_root = str(Path(image_root).resolve()) if image_root is not None else None
+        self.output_dir = Path(output_dir)
+        self.limit = limit
+        self.skip_bad = skip_bad
+        self.protocol = protocol or Protocol()
+        self.reference_benchmark = reference_benchmark or benchmark
+        self.skipped: list[BadRow] = []
+
+    def run(
+        self,
+        scorer,
+        *,
+        model: str,
+        model_options: dict | None = None,
+        batch_size: int = 8,
+        overwrite: bool = False,
+        progress: bool | None = None,
+    ) -> dict:
+        """Score the rows missing from scores.jsonl, then write all outputs; returns the metrics.json content.
+
+        `model` (where the scorer was loaded from) and `model_options` (e.g. subfolder, dtype) identify the run with
+        the benchmark and data: resuming into a folder that holds another run's scores raises, unless `overwrite`.
+        """
+        task = TASKS[self.rows.kind](scorer, self.protocol)
+        self.skipped = list(self.rows.bad_rows)  # and those the scorer refuses, below
+        header = self._header(scorer, model, model_options or {})
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        store = ScoreFile(self.output_dir / SCORES_FILE)
+        if overwrite:
+            store.clear()
+        else:
+            self._check_same_run(header)
+            store.load()
+            store.check(self.rows.items)
+        _write_json(self.output_dir / METRICS_FILE, {**header, "status": "running"})
+        self._score_missing(scorer, task, store, batch_size, progress)
+
+        scored = [item for item in self.rows.items if item.id in store.records]
+        if not scored:
+            raise InputError(f"{self.data}: no row could be scored.")
+        records = [store.records[item.id] for item in scored]
+        results = task.results(scored, records)
+        results["calibration"], plot_files = task.plots(scored, records, self.output_dir)
+        metrics = {
+            **header,
+            "status": "complete",
+            "num_rows": len(scored),
+            "num_rows_read": self.rows.num_rows,
+            "human_ties": self.rows.human_ties,
+            "skipped_rows": [dataclasses.asdict(bad) for bad in self.skipped],
+            "results": results,
+            "plots": plot_files,
+        }
+        _write_json(self.output_dir / METRICS_FILE, metrics)
+        write_report(metrics, self.output_dir / REPORT_FILE)
+        return metrics
+
+    def _header(self, scorer, model: str, model_options: dict) -> dict:
+        config = scorer.model.config
+        local = Path(model)
+        return {
+            "benchmark": self.rows.benchmark,
+            "kind": self.rows.kind,
+            "model": str(local.resolve()) if local.exists() else model,
+            "model_options": model_options,
+            "objective": config.objective,
+            "tau": config.tau,
+            "data": self.data,
+            "dataset_name": self.rows.name,
+            "image_root": self.image_root,
+            "protocol": {**self.protocol.for_kind(self.rows.kind), "limit": self.limit},
+            "reference_benchmark": self.reference_benchmark,
+            "package_version": importlib.metadata.version("llava-reward"),
+        }
+
+    def _check_same_run(self, header: dict) -> None:
+        """Scores in the output folder must come from the same model, options, benchmark and data."""
+        path = self.output_dir / METRICS_FILE
+        if not path.is_file():
+            return
+        previous = json.loads(path.read_text(encoding="utf-8"))
+        for key in ("benchmark", "model", "model_options", "data", "image_root"):
+            if previous.get(key) != header[key]:
+                raise InputError(
+                    f"{self.output_dir} holds the scores of another run ({key} {previous.get(key)!r}, this run "
+                    f"{header[key]!r}): choose another output folder, or overwrite it (--overwrite)."
+                )
+
+    def _score_missing(self, scorer, task, store: "ScoreFile", batch_size: int, progress: bool | None) -> None:
+        from tqdm.auto import tqdm
+
+        items = self.rows.items
+        size = max(1, batch_size // task.images_per_item)
+        # Batches are cut from all rows, then emptied of the scored ones: the rows left after an interruption are
+        # batched (and so padded) exactly as in an uninterrupted run.
+        batches = [[item for item in items[start : start + size] if item.id not in store.records] for start in range(0, len(items), size)]
+        batches = [batch for batch in batches if batch]
+        for batch in tqdm(batches, desc="scoring", unit="batch", disable=None if progress is None else not progress):
+            scored = self._score_batch(scorer, batch, batch_size, task.images_per_item)
+            store.append([{**item.fields, **task.scored_fields(rewards)} for item, rewards in scored])
+
+    def _score_batch(self, scorer, items: list, batch_size: int, images_per_item: int) -> list:
+        """(item, rewards) pairs; a batch the scorer refuses is retried row by row to find the bad row."""
+        prompts = [prompt for item in items for prompt in item.prompts]
+        images = [image for item in items for image in item.images]
+        try:
+            rewards = scorer.score(prompts, images, batch_size=batch_size, progress=False)
+        except InputError as error:  # an unreadable image file, or one the image processor refuses
+            if len(items) > 1:
+                return [pair for item in items for pair in self._score_batch(scorer, [item], batch_size, images_per_item)]
+            bad = BadRow(items[0].id, str(error))
+            if not self.skip_bad:
+                raise BadRowsError([bad]) from None
+            self.skipped.append(bad)
+            return []
+        return list(zip(items, rewards.split(images_per_item)))
+
+
+class ScoreFile:
+    """scores.jsonl: one JSON object per scored row (keyed by its `id`), appended and flushed batch by batch."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.records: dict[str, dict] = {}
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
+        self.records = {}
+
+    def load(self) -> None:
+        """Read the rows scored so far. A last line cut short by an interruption is dropped (and rescored)."""
+        if not self.path.is_file():
+            return
+        text = self.path.read_text(encoding="utf-8")
+        lines = text.splitlines(keepends=True)
+        if lines and not lines[-1].endswith("\n"):
+            self.path.write_text("".join(lines[:-1]), encoding="utf-8")
+            lines = lines[:-1]
+        for number, line in enumerate(lines, start=1):
+            try:
+                record = json.loads(line)
+                self.records[record["id"]] = record
+            except (json.JSONDecodeError, TypeError, KeyError):
+                raise InputError(
+                    f"{self.path} line {number}: not a scored row (JSON object with an 'id'); remove the file, or "
+                    "overwrite it (--overwrite), to start over."
+                ) from None
+
+    def check(self, items: list) -> None:
+        """The rows already scored must describe the same prompts, images and targets as the data does now."""
+        for item in items:
+            record = self.records.get(item.id)
+            if record is None:
+                continue
+            changed = [key for key, value in item.fields.items() if record.get(key) != value]
+            if changed:
+                raise InputError(
+                    f"{self.path}: row {item.id} was scored with other {changed} than the data has now; choose "
+                    "another output folder, or overwrite it (--overwrite)."
+                )
+
+    def append(self, records: list[dict]) -> None:
+        with open(self.path, "a", encoding="utf-8") as file:
+            file.writelines(json.dumps(record) + "\n" for record in records)
+            file.flush()
+            os.fsync(file.fileno())
+        self.records.update((record["id"], record) for record in records)
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    path.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+
+
+# ---------------------------------------------------------------------------------------------------------- tasks
+
+
+class _Task:
+    """What one kind of rows scores, computes and plots."""
+
+    images_per_item = 1
+    needs_scalar_reward = True
+
+    def __init__(self, scorer, protocol: Protocol):
+        config = scorer.model.config
+        self.objective, self.tau, self.protocol = config.objective, config.tau, protocol
+        if self.needs_scalar_reward and self.objective == "gpm":
+            raise InputError(
+                f"This benchmark scores images one at a time and needs a scalar reward (objective 'bt' or 'ce'); "
+                "a 'gpm' model only compares two images."
+            )
+
+    def scored_fields(self, rewards) -> dict:
+        return {"reward": rewards[0].item()}
+
+    def histogram(self, groups: dict, output_dir: Path, xlabel: str, title: str) -> dict:
+        plots.save_histogram(groups, output_dir / HISTOGRAM_FILE, xlabel=xlabel, title=title)
+        return {title: HISTOGRAM_FILE}
+
+    def reliability(self, probabilities, outcomes, output_dir: Path, xlabel: str, title: str) -> tuple[dict, dict]:
+        table = plots.reliability_bins(probabilities, outcomes, self.protocol.num_bins)
+        plots.save_reliability_diagram(table, output_dir / RELIABILITY_FILE, xlabel=xlabel, title=title)
+        return {"probability": xlabel, **table}, {title: RELIABILITY_FILE}
+
+
+class PairTask(_Task):
+    """Preference pairs (MJ-Bench, published pairwise JSON): pairwise accuracy with and without ties."""
+
+    images_per_item = 2
+    needs_scalar_reward = False
+
+    def scored_fields(self, rewards) -> dict:
+        from modeling_llava_reward.preference import preference_probability
+
+        fields = {"chosen_reward": rewards[0].tolist(), "rejected_reward": rewards[1].tolist()}
+        if self.objective != "ce":  # a CE model rates each image on its own: no pairwise probability
+            fields["p_chosen"] = preference_probability(rewards[0], rewards[1], self.objective, self.tau).item()
+        return fields
+
+    def results(self, items: list, records: list[dict]) -> dict:
+        groups = {}
+        for index, item in enumerate(items):
+            parts = item.subset.split("/") if item.subset else []
+            for depth in range(1, len(parts) + 1):  # a subset counts in every folder above it too
+                groups.setdefault("/".join(parts[:depth]), []).append(index)
+        accuracy = self._accuracy(records)
+        return {
+            "overall": accuracy(range(len(records))),
+            "subsets": {name: accuracy(members) for name, members in sorted(groups.items())},
+        }
+
+    def _accuracy(self, records: list[dict]):
+        options = {"tie_threshold": self.protocol.tie_threshold, "num_bootstrap": self.protocol.num_bootstrap, "seed": self.protocol.seed}
+        if self.objective == "gpm":  # embeddings have no order of their own: compare P(chosen > rejected) with 1/2
+            metric = load_metric("pairwise_accuracy", "probabilities")
+            return lambda members: metric.compute(probabilities=[records[i]["p_chosen"] for i in members], **options)
+        metric = load_metric("pairwise_accuracy")
+        return lambda members: metric.compute(
+            chosen_scores=[records[i]["chosen_reward"] for i in members],
+            rejected_scores=[records[i]["rejected_reward"] for i in members],
+            **options,
+        )
+
+    def plots(self, items: list, records: list[dict], output_dir: Path) -> tuple[dict, dict]:
+        chosen = np.array([record["chosen_reward"] for record in records])
+        rejected = np.array([record["rejected_reward"] for record in records])
+        if self.objective == "gpm":
+            from modeling_llava_reward.preference import preference_logit
+            import torch
+
+            logits = preference_logit(torch.from_numpy(chosen), torch.from_numpy(rejected), "gpm").numpy()
+            files = self.histogram({"pairs": logits}, output_dir, "s(chosen, rejected)", "GPM preference score of each pair")
+        else:
+            files = self.histogram({"chosen": chosen, "rejected": rejected}, output_dir, "reward", "Rewards of chosen and rejected images")
+        ones, zeros = np.ones(len(records)), np.zeros(len(records))
+        if self.objective == "ce":  # what a CE model predicts: P(image is the good one) = sigmoid(reward)
+            probabilities = expit(np.concatenate([chosen, rejected]))
+            xlabel, title = "sigmoid(reward) = P(preferred)", "Reliability of P(preferred), chosen = 1, rejected = 0"
+        else:  # each pair seen both ways round, so that the outcomes are not all 1
+            p_chosen = np.array([record["p_chosen"] for record in records])
+            probabilities = np.concatenate([p_chosen, 1 - p_chosen])
+            xlabel, title = "P(first image preferred), each pair taken both ways", "Reliability of P(chosen > rejected)"
+        calibration, reliability_files = self.reliability(probabilities, np.concatenate([ones, zeros]), output_dir, xlabel, title)
+        return calibration, {**files, **reliability_files}
+
+
+class RatedTask(_Task):
+    """Images with human ratings (TIFA160): correlations and tie-calibrated pairwise accuracy over all items."""
+
+    def results(self, items: list, records: list[dict]) -> dict:
+        rewards = [record["reward"] for record in records]
+        ratings = [item.target for item in items]
+        correlations = load_metric("rank_correlation").compute(predictions=rewards, references=ratings)
+        pairwise = load_metric("tie_calibrated_accuracy").compute(predictions=rewards, references=ratings)
+        return {
+            "overall": {
+                "num_items": len(items),
+                **correlations,
+                "tie_calibrated_accuracy": pairwise["accuracy"],
+                "tie_threshold": pairwise["threshold"],
+                "accuracy_no_calibration": pairwise["accuracy_no_calibration"],
+                "num_pairs": pairwise["num_pairs"],
+            }
+        }
+
+    def plots(self, items: list, records: list[dict], output_dir: Path) -> tuple[dict | None, dict]:
+        rewards = np.array([record["reward"] for record in records])
+        ratings = np.array([item.target for item in items])
+        levels = np.rint(ratings)
+        groups = {f"rating {level:g}": rewards[levels == level] for level in np.unique(levels)}
+        files = self.histogram(groups, output_dir, "reward", "Rewards by human rating (rounded)")
+        if self.objective != "bt":  # only a BT reward turns a difference into a preference probability
+            return None, files
+        first, second = np.triu_indices(len(items), k=1)
+        decided = ratings[first] != ratings[second]
+        first, second = first[decided], second[decided]
+        probabilities = expit((rewards[first] - rewards[second]) / self.tau)
+        outcomes = (ratings[first] > ratings[second]).astype(np.float64)
+        xlabel, title = "P(image i preferred over image j)", "Reliability of BT preferences against human ratings"
+        calibration, reliability_files = self.reliability(probabilities, outcomes, output_dir, xlabel, title)
+        return calibration, {**files, **reliability_files}
+
+
+class LabelledTask(_Task):
+    """Images with 0/1 labels (UnsafeBench, SMID): binary classification from P(label=1) = sigmoid(reward)."""
+
+    def results(self, items: list, records: list[dict]) -> dict:
+        labels = [int(item.target) for item in items]
+        metrics = load_metric("binary_classification").compute(
+            scores=[record["reward"] for record in records],
+            references=labels,
+            scores_are_logits=True,
+            threshold=self.protocol.threshold,
+            pos_label=self.protocol.pos_label,
+        )
+        return {"overall": {"num_items": len(items), "num_positive": labels.count(self.protocol.pos_label), **metrics}}
+
+    def plots(self, items: list, records: list[dict], output_dir: Path) -> tuple[dict, dict]:
+        rewards = np.array([record["reward"] for record in records])
+        labels = np.array([item.target for item in items])
+        groups = {f"label {label:g}": rewards[labels == label] for label in (1, 0) if (labels == label).any()}
+        files = self.histogram(groups, output_dir, "reward", "Rewards by label")
+        xlabel, title = "sigmoid(reward) = P(label 1)", "Reliability of P(label 1)"
+        calibration, reliability_files = self.reliability(expit(rewards), labels, output_dir, xlabel, title)
+        return calibration, {**files, **reliability_files}
+
+
+TASKS = {PAIRS: PairTask, RATED: RatedTask, LABELLED: LabelledTask}
