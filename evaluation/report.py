@@ -147,7 +147,7 @@ def _labelled_table(results: dict, dataset_name: str) -> str:
         f"{_number(group['best_f1'])} (at {group['best_f1_threshold']:.3g})",
     ]
     header = ["items", "positives", "accuracy", "precision", "recall", "F1", "AUROC", "best F1"]
-    return _table(header, [row]) + "\n\nProbability of label 1: sigmoid(reward); the positive class is `pos_label` (protocol)."
+    return _table(header, [row]) + "\n\nP(label 1) = sigmoid(reward); precision, recall and F1 are those of the class `pos_label` (protocol)."
 
 
 _RESULT_TABLES = {PAIRS: _pairs_table, RATED: _rated_table, LABELLED: _labelled_table}

@@ -57,8 +57,8 @@ class Protocol:
     tie_threshold: float = 0.0  # pairs: a tie when |reward margin| (GPM: |P - 0.5|) <= this
     num_bootstrap: int = 1000  # pairs: bootstrap replicates of the accuracy intervals
     seed: int = 0  # of the bootstrap
-    threshold: float = 0.5  # labelled: P(label=1) >= threshold predicts label 1
-    pos_label: int = 1  # labelled: the class precision, recall and F1 are about
+    threshold: float = 0.5  # labelled: P(pos_label) >= threshold predicts pos_label
+    pos_label: int = 1  # labelled: the class precision, recall and F1 are about (UnsafeBench: 1 = safe)
     num_bins: int = 10  # reliability diagram
 
     def for_kind(self, kind: str) -> dict:
@@ -108,6 +108,7 @@ class Evaluation:
         self.protocol = protocol or Protocol()
         self.reference_benchmark = reference_benchmark or benchmark
         self.skipped: list[BadRow] = []
+        self.num_resumed = 0  # rows of this run found already scored in scores.jsonl
 
     def run(
         self,
@@ -135,6 +136,7 @@ class Evaluation:
             self._check_same_run(header)
             store.load()
             store.check(self.rows.items)
+        self.num_resumed = sum(item.id in store.records for item in self.rows.items)
         _write_json(self.output_dir / METRICS_FILE, {**header, "status": "running"})
         self._score_missing(scorer, task, store, batch_size, progress)
 
@@ -408,8 +410,10 @@ class LabelledTask(_Task):
 
     def results(self, items: list, records: list[dict]) -> dict:
         labels = [int(item.target) for item in items]
+        # The metric wants scores of the positive class: the logit of P(label 0) is -reward.
+        sign = 1 if self.protocol.pos_label == 1 else -1
         metrics = load_metric("binary_classification").compute(
-            scores=[record["reward"] for record in records],
+            scores=[sign * record["reward"] for record in records],
             references=labels,
             scores_are_logits=True,
             threshold=self.protocol.threshold,

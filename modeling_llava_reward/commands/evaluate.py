@@ -68,8 +68,11 @@ def register(subparsers) -> None:
         help="pairs: a tie when |reward margin| <= T (GPM: |P - 0.5| <= T); default 0, exact ties only",
     )
     protocol.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="pairs: bootstrap replicates (1000)")
-    protocol.add_argument("--threshold", type=float, default=0.5, help="unpaired: P(label=1) >= this predicts 1 (0.5)")
-    protocol.add_argument("--pos-label", type=int, choices=(0, 1), default=1, help="unpaired: the positive class (1)")
+    protocol.add_argument(
+        "--pos-label", type=int, choices=(0, 1), default=1,
+        help="unpaired: the positive class of precision, recall and F1 (1; UnsafeBench: 1 = safe, 0 = unsafe)",
+    )
+    protocol.add_argument("--threshold", type=float, default=0.5, help="unpaired: P(positive class) >= this predicts it (0.5)")
     protocol.add_argument(
         "--reference-benchmark", metavar="NAME",
         help="published numbers to print beside ours (default: the benchmark; e.g. smid or unsafediff for unpaired)",
@@ -112,6 +115,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         raise UserInputError(f"{error}{hint}") from None
     except InputError as error:
         raise UserInputError(str(error)) from None
+    if evaluation.num_resumed:
+        print(f"llava-reward evaluate: resumed: {evaluation.num_resumed} rows were already scored in {args.output}", file=sys.stderr)
     _summarize(metrics, args.output)
     return 0
 
