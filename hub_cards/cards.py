@@ -56,15 +56,23 @@ def is_hub_id(name: str | None) -> bool:
     return True
 
 
-def metric_rows(metrics: dict) -> list[tuple[str, str, str]]:
-    """`(benchmark, metric, value)` rows of a metrics dict: `{benchmark: {metric: value}}` or `{metric: value}`.
+def metric_rows(metrics: dict | list) -> list[tuple[str, str, str]]:
+    """`(benchmark, metric, value)` rows of evaluation results.
 
-    Deeper nesting joins the inner keys with " / "; lists and other non-scalar values are left out.
+    `metrics` is one run or a list of runs; a run is an `llava-reward evaluate` metrics.json (its `results`, under
+    the benchmark and dataset names; run details such as paths are left out), `{benchmark: {metric: value}}` or
+    `{metric: value}`. Deeper nesting joins the inner keys with " / "; short lists (confidence intervals) are shown.
     """
     rows = []
-    for path, value in _leaves(metrics):
-        benchmark, metric = (path[0], " / ".join(path[1:])) if len(path) > 1 else ("", path[0])
-        rows.append((benchmark, metric, _format_value(value)))
+    for run in metrics if isinstance(metrics, list) else [metrics]:
+        if isinstance(run.get("results"), dict) and "benchmark" in run:
+            name = run["benchmark"] + (f" ({run['dataset_name']})" if run.get("dataset_name") else "")
+            for path, value in _leaves(run["results"]):
+                rows.append((name, " / ".join(part for part in path if part != "overall"), _format_value(value)))
+            continue
+        for path, value in _leaves(run):
+            benchmark, metric = (path[0], " / ".join(path[1:])) if len(path) > 1 else ("", path[0])
+            rows.append((benchmark, metric, _format_value(value)))
     return rows
 
 
@@ -72,11 +80,17 @@ def _leaves(tree: dict, prefix: tuple[str, ...] = ()):
     for key, value in tree.items():
         if isinstance(value, dict):
             yield from _leaves(value, prefix + (str(key),))
-        elif isinstance(value, (int, float, str, bool)) or value is None:
+        elif _is_scalar(value) or (isinstance(value, list) and len(value) <= 4 and all(map(_is_scalar, value))):
             yield prefix + (str(key),), value
 
 
+def _is_scalar(value) -> bool:
+    return isinstance(value, (int, float, str, bool)) or value is None
+
+
 def _format_value(value) -> str:
+    if isinstance(value, list):
+        return "[" + ", ".join(map(_format_value, value)) + "]"
     if isinstance(value, float):
         return f"{round(value, 4):.6g}"
     return "n/a" if value is None else str(value)
@@ -116,8 +130,12 @@ def read_recipe(recipe) -> dict | None:
     return loaded
 
 
-def read_metrics(metrics, model_dir: Path) -> dict:
-    """Metrics given as a dict or a JSON file path; by default the folder's `metrics.json` (or none)."""
+def read_metrics(metrics, model_dir: Path) -> dict | list:
+    """Evaluation results: a dict, a JSON file, or a list of those (several runs); by default the folder's
+    `metrics.json` (or none)."""
+    if isinstance(metrics, (list, tuple)):
+        runs = [read_metrics(run, model_dir) for run in metrics]
+        return [run for item in runs for run in (item if isinstance(item, list) else [item])]
     if isinstance(metrics, dict):
         return metrics
     path = Path(metrics) if metrics is not None else model_dir / METRICS_FILE
@@ -127,8 +145,8 @@ def read_metrics(metrics, model_dir: Path) -> dict:
         loaded = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as error:
         raise ValueError(f"Cannot read metrics from {path}: {error}") from None
-    if not isinstance(loaded, dict):
-        raise ValueError(f"{path} must hold a JSON object of metrics, got {type(loaded).__name__}.")
+    if not isinstance(loaded, (dict, list)) or (isinstance(loaded, list) and not all(isinstance(run, dict) for run in loaded)):
+        raise ValueError(f"{path} must hold a JSON object of metrics (or a list of them), got {type(loaded).__name__}.")
     return loaded
 
 

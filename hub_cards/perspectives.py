@@ -6,16 +6,16 @@ A Hub repo (or local folder) holds one adapter bundle per perspective, in subfol
 perspective's reward head (SkipCA + value head) and projector weights, and scores all perspectives on one batch:
 
 * the frozen vision encoder runs once per image for all perspectives (each perspective's projector then maps its
-  output, so perspectives that trained their projector still share it);
+  output, so perspectives that trained their projector still share it; only an adapter with LoRA inside the vision
+  encoder, which this package never trains, makes each perspective run it);
 * the language model runs once per perspective, with that perspective's adapter active.
 
 The rewards equal those of each perspective loaded on its own with `LlavaRewardScorer.from_pretrained`.
 
 Example:
-    >>> from hub_cards.perspectives import load_perspectives
-    >>> scorer = load_perspectives("smz8599/LLaVA-Reward-ours", ["alignment", "fidelity"])  # doctest: +SKIP
+    >>> scorer = load_perspectives("me/llava-reward-qwen", ["alignment", "fidelity"])  # doctest: +SKIP
     >>> scorer.score("a red cat", [image_a, image_b])  # doctest: +SKIP
-    {'alignment': tensor([...]), 'fidelity': tensor([...])}
+    {'alignment': tensor([1.52, -0.31]), 'fidelity': tensor([0.88, 0.12])}
 """
 
 import os
@@ -146,41 +146,44 @@ class _AllPerspectives(nn.Module):
 class _VisionEncoderCache:
     """Within the context, the vision encoder computes on its first pass only; later passes replay its outputs.
 
-    The modules at `paths` (a `ModuleList` stands for each of its layers) have their `forward` wrapped: the first pass
-    records each call's output, every pass after `replay()` returns the recorded outputs in the same call order
-    instead of computing them. What follows the encoder (each perspective's projector) still runs on every pass.
+    The modules at `paths` (a `ModuleList` stands for each of its layers) get a wrapped `forward`: the first pass
+    records each call's output; after `replay()`, each pass returns the recorded outputs in the same call order
+    instead of computing them. What follows the encoder (each perspective's projector) runs on every pass.
     """
 
     def __init__(self, vlm: nn.Module, paths: tuple[str, ...]):
-        self.modules = [
-            module
-            for path in paths
-            for module in (lambda m: list(m) if isinstance(m, nn.ModuleList) else [m])(vlm.get_submodule(path))
-        ]
+        self.modules = []
+        for path in paths:
+            module = vlm.get_submodule(path)
+            self.modules += list(module) if isinstance(module, nn.ModuleList) else [module]
         self.outputs: dict[int, list] = {id(module): [] for module in self.modules}
         self.position: dict[int, int] | None = None  # None while recording
+        self.own_forward: dict[int, object] = {}  # a forward set on the instance before us (e.g. accelerate's hook)
 
     def __enter__(self):
         for module in self.modules:
-            module.forward = self._wrap(module, module.forward)
+            self.own_forward[id(module)] = module.__dict__.get("forward")
+            module.forward = self._cached(module, module.forward)
         return self
 
     def __exit__(self, *exc):
         for module in self.modules:
-            del module.forward  # the instance attribute goes; the class's forward is back
+            if self.own_forward[id(module)] is None:
+                del module.forward  # back to the class's forward
+            else:
+                module.forward = self.own_forward[id(module)]
         return False
 
     def replay(self):
         self.position = dict.fromkeys(self.outputs, 0)
 
-    def _wrap(self, module: nn.Module, forward):
+    def _cached(self, module: nn.Module, forward):
         key = id(module)
 
         def cached_forward(*args, **kwargs):
             if self.position is None:
-                output = forward(*args, **kwargs)
-                self.outputs[key].append(output)
-                return output
+                self.outputs[key].append(forward(*args, **kwargs))
+                return self.outputs[key][-1]
             index = self.position[key]
             if index >= len(self.outputs[key]):
                 raise RuntimeError(f"{type(module).__name__} was called more often than on the first pass.")
@@ -222,7 +225,23 @@ def load_perspectives(
 
     Every perspective must name the same base and read the same decoder layers (`hidden_layer`, `visual_layer`):
     they share one truncated decoder.
-    """
+
+    Example (tiny random perspectives, built on the spot):
+
+    ```python
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from hub_cards.testing import save_tiny_perspective
+    >>> from modeling_llava_reward.testing import save_tiny_vlm, tiny_images
+    >>> root = Path(tempfile.mkdtemp())
+    >>> base = save_tiny_vlm("llava", root / "base")
+    >>> for seed, name in enumerate(["alignment", "fidelity"]):
+    ...     _ = save_tiny_perspective(base, root / "repo" / name, perspective=name, seed=seed)
+    >>> scorer = load_perspectives(root / "repo", ["alignment", "fidelity"])
+    >>> {name: tuple(rewards.shape) for name, rewards in scorer.score("a red cat", tiny_images(2)).items()}
+    {'alignment': (2,), 'fidelity': (2,)}
+
+    ```"""
     if isinstance(perspectives, str) or not perspectives:
         raise ValueError(f"`perspectives` must be a non-empty list of subfolder names, got {perspectives!r}.")
     folders = {name: _resolve_folder(repo_or_dir, name, revision) for name in perspectives}

@@ -101,10 +101,36 @@ def test_evaluation_table_comes_from_metrics_json(repo, tmp_path):
     assert "| mjbench_fidelity | accuracy_with_ties | 0.9123 |" in table
     assert "| mjbench_fidelity | accuracy_without_ties | 0.9 |" in table
     assert "|  | eval_loss | 0.31 |" in table
-    assert metric_rows({"a": {"b": {"c": 1}}, "skipped": [1, 2]}) == [("a", "b / c", "1")]
+    assert metric_rows({"a": {"b": {"c": 1}}, "ci": [1, 2], "long": [1, 2, 3, 4, 5]}) == [("a", "b / c", "1"), ("", "ci", "[1, 2]")]
     (tmp_path / "bad.json").write_text("[1, 2]")
     with pytest.raises(ValueError, match="bad.json must hold a JSON object of metrics"):
         render_perspective_card(repo / "fidelity", repo_id="me/x", metrics=tmp_path / "bad.json")
+
+
+def test_evaluation_table_reads_llava_reward_evaluate_runs(repo, tmp_path):
+    def run(dataset, accuracy):
+        return {
+            "benchmark": "mjbench",
+            "dataset_name": dataset,
+            "model": "/home/me/outputs/fidelity",
+            "data": "/home/me/data/mjbench",
+            "skipped_rows": [{"row": 3, "reason": "unreadable image"}],
+            "results": {
+                "overall": {"accuracy_with_ties": accuracy, "accuracy_with_ties_ci": [0.9, 1.0], "num_pairs": 100},
+                "subsets": {"faces": {"accuracy_with_ties": 0.5}},
+            },
+        }
+
+    (tmp_path / "human.json").write_text(json.dumps(run("human", 0.97)))
+    (tmp_path / "objects.json").write_text(json.dumps(run("objects_indoor", 0.81234)))
+    metrics = [tmp_path / "human.json", tmp_path / "objects.json"]
+    text = str(render_perspective_card(repo / "fidelity", repo_id="me/x", metrics=metrics))
+    table = text.split("## Evaluation")[1].split("##")[0]
+    assert "| mjbench (human) | accuracy_with_ties | 0.97 |" in table
+    assert "| mjbench (human) | accuracy_with_ties_ci | [0.9, 1] |" in table
+    assert "| mjbench (human) | subsets / faces / accuracy_with_ties | 0.5 |" in table
+    assert "| mjbench (objects_indoor) | accuracy_with_ties | 0.8123 |" in table
+    assert "/home/me" not in table and "unreadable" not in table
 
 
 def test_training_section_shows_the_recipe_but_not_machine_paths(repo, tmp_path):

@@ -16,6 +16,7 @@ from transformers import AutoModel
 from hub_cards.convert_original import PUBLISHED_LAYOUTS
 from hub_cards.convert_original import convert_original_checkpoint
 from modeling_llava_reward import LlavaRewardScorer
+from modeling_llava_reward.commands import main
 from modeling_llava_reward.testing import save_tiny_vlm
 from modeling_llava_reward.testing import tiny_images
 from modeling_llava_reward.testing import tiny_vlm
@@ -252,18 +253,18 @@ def test_published_module_paths_map_onto_this_packages_modules():
         llava_next.our_module("lm_head")
 
 
-def test_command_line_conversion(tmp_path):
+def test_command_line_conversion(tmp_path, capsys):
     base_dir = save_tiny_vlm("llava_next", tmp_path / "base")
     source = tmp_path / "overall_ckpt"
     write_published_checkpoint(source, "llava_next", AutoModel.from_pretrained(base_dir), gpm=True, cross_attention=False)
     command = [str(Path(sys.executable).parent / "llava-reward"), "convert-original", str(source)]
     done = subprocess.run(command + ["--base", str(base_dir), "--out", str(tmp_path / "out")], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"converted {source} to {tmp_path / 'out'}"
     assert json.loads((tmp_path / "out" / "config.json").read_text())["objective"] == "gpm"
-    failed = subprocess.run(
-        command + ["--base", str(base_dir), "--out", str(tmp_path / "out2"), "--objective", "ce"], capture_output=True, text=True
-    )
-    assert failed.returncode == 1
-    assert failed.stderr.strip().splitlines()[-1] == (
+    arguments = ["convert-original", str(source), "--base", str(base_dir), "--out", str(tmp_path / "out2")]
+    capsys.readouterr()
+    assert main(arguments + ["--objective", "ce"]) == 1
+    assert capsys.readouterr().err.strip() == (
         "llava-reward convert-original: error: The checkpoint is a General Preference Model; objective='ce' does not apply."
     )

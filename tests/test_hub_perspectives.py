@@ -104,14 +104,14 @@ LOAD_BY_REPO_ID = textwrap.dedent(
     from modeling_llava_reward.testing import tiny_images
     commit = sys.argv[1]
     images = tiny_images(2, seed=2)
-    pinned = LlavaRewardScorer.from_pretrained("org/llava-reward-tiny", subfolder="fidelity", revision=commit)
+    main = LlavaRewardScorer.from_pretrained("org/llava-reward-tiny", subfolder="fidelity")
     branch = LlavaRewardScorer.from_pretrained("org/llava-reward-tiny", subfolder="fidelity", revision="v1")
-    several = load_perspectives("org/llava-reward-tiny", ["alignment", "fidelity"])
+    pinned = load_perspectives("org/llava-reward-tiny", ["alignment", "fidelity"], revision=commit)
     print(json.dumps({
-        "pinned": pinned.score("a cat", images).tolist(),
+        "main": main.score("a cat", images).tolist(),
         "v1": branch.score("a cat", images).tolist(),
-        "main": {name: rewards.tolist() for name, rewards in several.score("a cat", images).items()},
-        "base_model": pinned.model.config.base_model,
+        "pinned": {name: rewards.tolist() for name, rewards in pinned.score("a cat", images).items()},
+        "base_model": main.model.config.base_model,
     }))
     """
 )
@@ -140,7 +140,7 @@ def test_loading_by_repo_id_from_a_hand_made_cache_offline(tmp_path):
         name: LlavaRewardScorer.from_pretrained(main / name, base=tmp_path / "main" / "base").score("a cat", images)
         for name in ("alignment", "fidelity")
     }
-    torch.testing.assert_close(torch.tensor(loaded["pinned"]), expected["fidelity"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(torch.tensor(loaded["main"]), expected["fidelity"], atol=1e-5, rtol=0)
     for name in expected:
-        torch.testing.assert_close(torch.tensor(loaded["main"][name]), expected[name], atol=1e-5, rtol=0)
+        torch.testing.assert_close(torch.tensor(loaded["pinned"][name]), expected[name], atol=1e-5, rtol=0)
     assert not torch.allclose(torch.tensor(loaded["v1"]), expected["fidelity"], atol=1e-3)  # the branch is another model

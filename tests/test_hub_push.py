@@ -1,6 +1,7 @@
 """push_perspective and `llava-reward push`: the Hub's side is a recording stand-in for `HfApi` (no network)."""
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -202,6 +203,14 @@ def test_cli_local_dir_writes_a_hub_ready_folder(trained, tmp_path, capsys):
     from modeling_llava_reward import LlavaRewardScorer
 
     LlavaRewardScorer.from_pretrained(tmp_path / "hub", subfolder="fidelity", base=trained.parent / "base")
+
+
+def test_cli_local_dir_can_render_the_card_into_the_bundle_itself(trained, tmp_path):
+    bundle = shutil.copytree(trained, tmp_path / "fidelity")
+    assert main(["push", str(bundle), "--repo-id", "me/llava-reward-tiny", "--local-dir", str(tmp_path)]) == 0
+    assert "## How to read the reward" in (bundle / "README.md").read_text()
+    assert all((bundle / name).is_file() for name in TRAINING_LEFTOVERS)  # nothing else in the folder is touched
+    assert (bundle / "adapter_model.safetensors").read_bytes() == (trained / "adapter_model.safetensors").read_bytes()
 
 
 def test_cli_dry_run_lists_the_files_and_sends_nothing(trained, capsys):

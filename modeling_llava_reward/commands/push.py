@@ -47,7 +47,10 @@ def register(subparsers) -> None:
     parser.add_argument("--private", action="store_true", help="create the repo private")
     parser.add_argument("--base-model", metavar="ORG/NAME", help="Hub id of the base VLM, if the bundle recorded a local path")
     parser.add_argument("--base-model-revision", metavar="REV", help="the base model's revision to record")
-    parser.add_argument("--metrics", metavar="FILE", help="evaluation results (JSON); default MODEL_DIR/metrics.json")
+    parser.add_argument(
+        "--metrics", action="append", metavar="FILE", help="evaluation results: the metrics.json of `llava-reward "
+        "evaluate` or {benchmark: {metric: value}}; repeat for several runs; default MODEL_DIR/metrics.json"
+    )
     parser.add_argument("--recipe", metavar="FILE", help="the training recipe (YAML) to describe in the card")
     parser.add_argument("--license", metavar="ID", help="license id for the card (e.g. the base model's: apache-2.0)")
     parser.add_argument("--commit-message", metavar="TEXT")
