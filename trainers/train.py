@@ -164,7 +164,10 @@ def train(recipe: Recipe, resume: bool | str = False):
     model_args, data_args, args = recipe.model, recipe.data, recipe.training
     checkpoint = None
     if resume:
-        checkpoint = resume if isinstance(resume, str) else get_last_checkpoint(args.output_dir)
+        if isinstance(resume, str):
+            checkpoint = resume
+        else:
+            checkpoint = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
         if checkpoint is None or not Path(checkpoint).is_dir():
             raise RecipeError(f"--resume: no checkpoint to resume from in {resume if isinstance(resume, str) else args.output_dir}.")
 
@@ -178,15 +181,16 @@ def train(recipe: Recipe, resume: bool | str = False):
             on_bad_image=data_args.on_bad_image,
         )
 
+    # A local base is recorded as an absolute path: the saved bundle must find it from any working directory.
+    base_model = str(Path(model_args.base_model).resolve()) if Path(model_args.base_model).is_dir() else model_args.base_model
     set_seed(args.seed)  # the reward head's initialisation
-    objective = args.objective or "bt"
     model = LlavaRewardModel.from_vlm(
-        model_args.base_model,
+        base_model,
         revision=model_args.revision,
         trust_remote_code=model_args.trust_remote_code,
         dtype=getattr(torch, model_args.dtype) if model_args.dtype != "auto" else "auto",
         **({"attn_implementation": model_args.attn_implementation} if model_args.attn_implementation else {}),
-        objective=objective,
+        objective=args.objective or "bt",
         reward_dim=model_args.reward_dim,
         tau=args.tau or 0.1,
         head=model_args.head,
@@ -195,7 +199,7 @@ def train(recipe: Recipe, resume: bool | str = False):
         pooling=model_args.pooling,
         perspective=model_args.perspective,
     )
-    processor = LlavaRewardProcessor.from_base(model_args.base_model, max_prompt_tokens=model_args.max_prompt_tokens)
+    processor = LlavaRewardProcessor.from_base(base_model, max_prompt_tokens=model_args.max_prompt_tokens)
     trainer = LlavaRewardTrainer(
         model, args, train_dataset=train_dataset, eval_dataset=eval_dataset or None, processing_class=processor
     )
