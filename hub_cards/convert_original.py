@@ -169,6 +169,8 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
             f"{path} is not a plain tensor checkpoint; refusing to load it, since unpickling it could run arbitrary "
             f"code ({str(error).splitlines()[0]})"
         ) from None
+    except (RuntimeError, EOFError) as error:
+        raise ValueError(f"{path} is not a readable PyTorch checkpoint ({str(error).splitlines()[0]}).") from None
     if not isinstance(state_dict, dict) or not all(isinstance(value, torch.Tensor) for value in state_dict.values()):
         raise ValueError(f"{path} does not hold a flat dict of tensors (a state dict).")
     return state_dict

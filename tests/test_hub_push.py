@@ -185,6 +185,23 @@ def test_a_local_base_model_path_is_refused(tmp_path):
     assert "safety/adapter_model.safetensors" not in api.added()  # no LoRA in this bundle
 
 
+def test_a_full_model_folder_uploads_its_weights_and_code(tmp_path):
+    from modeling_llava_reward import LlavaRewardModel
+    from modeling_llava_reward import LlavaRewardProcessor
+    from modeling_llava_reward.testing import tiny_vlm
+
+    vlm, vlm_processor = tiny_vlm("qwen2_5_vl")
+    LlavaRewardModel.from_vlm(vlm, perspective="overall").save_pretrained(tmp_path / "full")
+    LlavaRewardProcessor.from_vlm_processor(vlm_processor).save_pretrained(tmp_path / "full")
+    torch.save({}, tmp_path / "full" / "optimizer.pt")
+    api = RecordingHfApi(tmp_path=tmp_path)
+    push_perspective(tmp_path / "full", "me/rm", "overall", api=api)
+    uploaded = sorted(path.removeprefix("overall/") for path in api.added() if path.startswith("overall/"))
+    assert "model.safetensors" in uploaded and "modeling_llava_reward.py" in uploaded  # trust_remote_code loading
+    assert "reward_head.safetensors" not in uploaded and "optimizer.pt" not in uploaded
+    assert "| Trained weights | all weights (full fine-tuning" in api.added()["overall/README.md"].decode()
+
+
 def test_a_folder_without_a_perspective_is_refused(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     torch.save({}, tmp_path / "pytorch_model.bin")
