@@ -91,6 +91,8 @@ class Report:
     models: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     started: float = field(default_factory=time.time)
+    started_cpu: float = field(default_factory=time.process_time)
+    load_at_start: list[float] = field(default_factory=lambda: _load_average())
 
     def add(self, **row):
         self.rows.append(row)
@@ -112,6 +114,10 @@ class Report:
             "command": " ".join([Path(sys.executable).name, *sys.argv]),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "duration_s": round(time.time() - self.started, 1),
+            # CPU seconds of this process (all its threads): with --threads 1, about the wall time on an idle machine.
+            "cpu_s": round(time.process_time() - self.started_cpu, 1),
+            # 1-minute load average at the start and the end: other processes competing for the cores.
+            "load_average": [self.load_at_start, _load_average()],
             "machine": machine_info(),
             "versions": versions(),
             "settings": settings,
@@ -151,6 +157,13 @@ def megabytes(result: dict) -> str:
 def ratio(numerator: dict, denominator: dict) -> float:
     """Ratio of two medians."""
     return numerator["median_s"] / denominator["median_s"]
+
+
+def _load_average() -> list[float] | None:
+    try:
+        return [round(value, 2) for value in os.getloadavg()]
+    except (OSError, AttributeError):
+        return None
 
 
 def machine_info() -> dict:
@@ -371,7 +384,7 @@ def default_backbone(report: Report, image_size: int = 224) -> Backbone:
     try:
         from modeling_llava_reward.default_backbone import build_default_backbone
 
-        folder = build_default_backbone()
+        folder = build_default_backbone(progress=False)
     except Exception as error:  # not merged yet, or its optional dependencies are missing: say so, never silently
         report.note(
             f"default backbone unavailable ({type(error).__name__}: {error}); benchmarking a random LLaVA of the "

@@ -10,6 +10,8 @@ Arguments after the options are passed to every script (e.g. `--quick`, `--model
 
 import argparse
 import json
+import os
+import resource
 import runpy
 import subprocess
 import sys
@@ -30,11 +32,11 @@ SCRIPTS = (
 )
 
 
-def run(name: str, script_args: list[str], in_process: bool) -> float:
-    """Run `bench_<name>.py` with `script_args`; returns its wall time in seconds (raises if it failed)."""
+def run(name: str, script_args: list[str], in_process: bool) -> dict:
+    """Run `bench_<name>.py` with `script_args`; returns its wall and CPU seconds (raises if it failed)."""
     script = BENCHMARKS_DIR / f"bench_{name}.py"
     print(f"=== {name}: {script.name} {' '.join(script_args)}", flush=True)
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), _cpu_seconds()
     if in_process:
         saved_argv, sys.argv = sys.argv, [str(script), *script_args]
         try:
@@ -43,7 +45,13 @@ def run(name: str, script_args: list[str], in_process: bool) -> float:
             sys.argv = saved_argv
     else:
         subprocess.run([sys.executable, str(script), *script_args], check=True)
-    return time.perf_counter() - start
+    return {"wall_s": round(time.perf_counter() - start, 1), "cpu_s": round(_cpu_seconds() - start_cpu, 1)}
+
+
+def _cpu_seconds() -> float:
+    """CPU seconds used so far by this process and its finished children (user + system, all threads)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def main():
@@ -53,11 +61,16 @@ def main():
     args, script_args = parser.parse_known_args()
     sys.path.insert(0, str(BENCHMARKS_DIR))  # the scripts import `common`
     durations = {}
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), _cpu_seconds()
     for name in args.only:
-        durations[name] = round(run(name, script_args, args.in_process), 1)
-    total = round(time.perf_counter() - start, 1)
-    summary = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "total_s": total, "scripts_s": durations}
+        durations[name] = run(name, script_args, args.in_process)
+    summary = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "total_wall_s": round(time.perf_counter() - start, 1),
+        "total_cpu_s": round(_cpu_seconds() - start_cpu, 1),
+        "load_average_at_end": list(os.getloadavg()),
+        "scripts": durations,
+    }
     print(json.dumps(summary, indent=2), flush=True)
     if "--quick" not in script_args and set(args.only) == set(SCRIPTS):
         (BENCHMARKS_DIR / "results" / "run_all.json").write_text(json.dumps(summary, indent=2) + "\n")

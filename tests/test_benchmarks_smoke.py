@@ -18,7 +18,7 @@ from run_all import SCRIPTS  # noqa: E402
 
 
 REPORT_KEYS = {
-    "benchmark", "description", "command", "date", "duration_s", "machine", "versions", "settings", "timing",
+    "benchmark", "description", "command", "date", "duration_s", "cpu_s", "load_average", "machine", "versions", "settings", "timing",
     "memory", "models", "notes", "results",
 }
 TIMING_KEYS = {"median_s", "q1_s", "q3_s", "runs_s"}
