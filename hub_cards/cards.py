@@ -41,8 +41,12 @@ PERSPECTIVES = {
     "overall": "overall human preference between images generated for the same prompt",
 }
 OBJECTIVE_NAMES = {"bt": "Bradley-Terry", "gpm": "General Preference Model", "ce": "cross-entropy (binary labels)"}
-# Recipe keys that say where files went on the training machine, not how the model was trained.
-UNDESCRIPTIVE_RECIPE_KEYS = {"output_dir", "logging_dir", "run_name", "report_to", "overwrite_output_dir", "resume"}
+# Recipe keys that say where files and logs went on the training machine, not how the model was trained (the base
+# model is in the card's model table, as a Hub id).
+UNDESCRIPTIVE_RECIPE_KEYS = {
+    "output_dir", "logging_dir", "run_name", "report_to", "overwrite_output_dir", "resume", "base_model",
+    "logging_steps", "logging_strategy", "save_steps", "save_strategy", "save_total_limit", "disable_tqdm",
+}
 
 
 def is_hub_id(name: str | None) -> bool:
