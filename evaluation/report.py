@@ -57,7 +57,7 @@ def render_report(metrics: dict) -> str:
         _RESULT_TABLES[metrics["kind"]](metrics["results"], metrics["dataset_name"]),
         _references_section(metrics),
         _skipped_section(metrics["skipped_rows"]),
-        _plots_section(metrics["plots"]),
+        _plots_section(metrics["plots"], metrics["calibration"]),
     ]
     return "\n\n".join(section for section in sections if section) + "\n"
 
@@ -197,6 +197,10 @@ def _skipped_section(skipped: list[dict]) -> str:
     return "## Skipped rows\n\n" + "\n".join(f"- row {row['id']}: {row['problem']}" for row in skipped)
 
 
-def _plots_section(plots: dict) -> str:
+def _plots_section(plots: dict, calibration: dict | None) -> str:
     lines = [f"![{title}]({file})" for title, file in plots.items()]
-    return "## Plots\n\n" + "\n\n".join(lines) if lines else ""
+    if calibration is not None:
+        bins = len(calibration["bins"])
+        error = calibration["expected_calibration_error"]
+        lines.append(f"Expected calibration error of {calibration['probability']}: {error:.3f} ({bins} equal-width bins).")
+    return "## Plots\n\n" + "\n\n".join(lines)

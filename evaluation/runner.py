@@ -145,7 +145,7 @@ class Evaluation:
             raise InputError(f"{self.data}: no row could be scored.")
         records = [store.records[item.id] for item in scored]
         results = task.results(scored, records)
-        results["calibration"], plot_files = task.plots(scored, records, self.output_dir)
+        calibration, plot_files = task.plots(scored, records, self.output_dir)
         metrics = {
             **header,
             "status": "complete",
@@ -154,6 +154,7 @@ class Evaluation:
             "human_ties": self.rows.human_ties,
             "skipped_rows": [dataclasses.asdict(bad) for bad in self.skipped],
             "results": results,
+            "calibration": calibration,  # the reliability diagram's bins (None without a probability to check)
             "plots": plot_files,
         }
         _write_json(self.output_dir / METRICS_FILE, metrics)

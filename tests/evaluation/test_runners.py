@@ -159,7 +159,7 @@ def test_mjbench_scores_each_pair_in_the_labelled_orientation_and_reports_subset
     assert metrics["protocol"] == {"tie_threshold": 0.0, "num_bootstrap": 50, "seed": 0, "num_bins": 10, "limit": None}
     assert metrics["package_version"] == "0.1.0" and metrics["status"] == "complete"
     assert (metrics["objective"], metrics["tau"]) == ("bt", 0.5)
-    assert sum(row["count"] for row in results["calibration"]["bins"]) == 2 * 9  # each pair both ways round
+    assert sum(row["count"] for row in metrics["calibration"]["bins"]) == 2 * 9  # each pair both ways round
     for name in ("reward_histogram.png", "reliability.png"):
         with Image.open(tmp_path / "out" / name) as image:
             assert image.format == "PNG" and image.width > 300
@@ -245,10 +245,17 @@ def test_tifa160_correlations_and_tie_calibrated_accuracy_follow_from_the_scores
     assert overall["kendall_tau_b"] == pytest.approx(stats.kendalltau(rewards, ratings).statistic)
     assert overall["tie_calibrated_accuracy"] == pytest.approx(brute_force_tie_calibrated_accuracy(rewards, ratings))
     # The reliability diagram compares BT preferences with every pair of differently rated images.
-    assert sum(row["count"] for row in metrics["results"]["calibration"]["bins"]) == 21 - 2
+    assert sum(row["count"] for row in metrics["calibration"]["bins"]) == 21 - 2
     report = (tmp_path / "out" / "report.md").read_text()
     assert f"| tie-calibrated pairwise accuracy | LLaVA-Reward (Phi-3.5-vision, 4.2B) | 0.713 | {overall['tie_calibrated_accuracy']:.3f} |" in report
     assert f"| Kendall tau (ours: tau-b) | LLaVA-Reward (Phi-3.5-vision, 4.2B) | 0.522 | {overall['kendall_tau_b']:.3f} |" in report
+
+
+def test_tifa160_with_a_ce_model_has_no_preference_probability_to_calibrate(tifa, tmp_path, scorers):
+    metrics = run("tifa160", tifa, tmp_path / "out", scorers["ce"])
+    assert metrics["calibration"] is None and metrics["plots"] == {"Rewards by human rating (rounded)": "reward_histogram.png"}
+    assert not (tmp_path / "out" / "reliability.png").exists()
+    assert "Expected calibration error" not in (tmp_path / "out" / "report.md").read_text()
 
 
 def test_tifa160_keyed_by_item_id_keeps_the_ids(tifa, tmp_path):
