@@ -22,14 +22,7 @@ def softplus(x: float) -> float:  # -log sigmoid(-x)
     return math.log1p(math.exp(x))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Width-32 models gain nothing from intra-op threads, and on a busy 2-core machine two OpenMP threads made each
-    # step ~40x slower (spinning at barriers while the other core is taken).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_intraop_thread")
 
 # ---- losses against hand-computed numbers --------------------------------------------------------------------
 

@@ -25,14 +25,7 @@ RECIPES = sorted((REPO / "configuration" / "recipes").glob("*.yaml"))
 VENV_BIN = Path(sys.executable).parent
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Width-32 models gain nothing from intra-op threads, and on a busy 2-core machine two OpenMP threads made each
-    # step ~40x slower (spinning at barriers while the other core is taken).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_intraop_thread")
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=[path.stem for path in RECIPES])
 def test_every_recipe_is_valid(recipe):
