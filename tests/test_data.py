@@ -67,7 +67,9 @@ def test_published_unpaired_sample():
 
 
 @needs_shared
-@pytest.mark.parametrize(("subset", "captions"), [("human", "captions_human.json"), ("objects_indoor", "captions_objects.json")])
+@pytest.mark.parametrize(
+    ("subset", "captions"), [("human", "captions_human.json"), ("objects_indoor", "captions_objects.json")]
+)
 def test_mjbench_caption_files(subset, captions):
     pairs = load_preference_data(MJBENCH / subset / captions)
     records = json.loads((MJBENCH / subset / captions).read_text())
@@ -104,7 +106,14 @@ def test_rated_rows_become_pairs_per_prompt_with_the_rating_gap_as_margin(tmp_pa
     with caplog.at_level(logging.WARNING, logger="trainers.data"):
         pairs = load_preference_data(write_json(tmp_path / "rated.json", rows))
     got = sorted(
-        (row["prompt"], Path(row["chosen"]).name, Path(row["rejected"]).name, row["margin"], row["row"], row["rejected_row"])
+        (
+            row["prompt"],
+            Path(row["chosen"]).name,
+            Path(row["rejected"]).name,
+            row["margin"],
+            row["row"],
+            row["rejected_row"],
+        )
         for row in pairs
     )
     assert got == [
@@ -117,9 +126,12 @@ def test_rated_rows_become_pairs_per_prompt_with_the_rating_gap_as_margin(tmp_pa
 
 def test_datasets_with_image_columns_stay_undecoded_until_collated(tmp_path, processor):
     images = [colour_square(colour, np.random.default_rng(index)) for index, colour in enumerate(["red", "blue"] * 2)]
-    features = datasets.Features({"prompt": datasets.Value("string"), "chosen": datasets.Image(), "rejected": datasets.Image()})
+    features = datasets.Features(
+        {"prompt": datasets.Value("string"), "chosen": datasets.Image(), "rejected": datasets.Image()}
+    )
     dataset = datasets.Dataset.from_dict(
-        {"prompt": ["a red square", "a red square"], "chosen": images[0::2], "rejected": images[1::2]}, features=features
+        {"prompt": ["a red square", "a red square"], "chosen": images[0::2], "rejected": images[1::2]},
+        features=features,
     )
     pairs = load_preference_data(dataset)
     assert pairs.features["chosen"] == datasets.Image(decode=False)
@@ -152,10 +164,13 @@ def test_collator_puts_chosen_then_rejected_in_one_batch_with_margins(tmp_path, 
 
 def test_missing_image_names_the_json_file_row_and_path(tmp_path):
     write_images(tmp_path, ["a.png"])
-    path = write_json(tmp_path / "pairs.json", [
-        {"prompt": "p", "chosen_path": "a.png", "reject_path": "a.png"},
-        {"prompt": "p", "chosen_path": "a.png", "reject_path": "gone.png"},
-    ])
+    path = write_json(
+        tmp_path / "pairs.json",
+        [
+            {"prompt": "p", "chosen_path": "a.png", "reject_path": "a.png"},
+            {"prompt": "p", "chosen_path": "a.png", "reject_path": "gone.png"},
+        ],
+    )
     with pytest.raises(InputError, match=r"pairs\.json row 1, 'rejected': image file 'gone\.png' not found"):
         load_preference_data(path)
 
@@ -163,10 +178,13 @@ def test_missing_image_names_the_json_file_row_and_path(tmp_path):
 def test_corrupt_image_fails_when_decoded_naming_row_and_file(tmp_path, processor):
     write_images(tmp_path, ["a.png"])
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    path = write_json(tmp_path / "pairs.json", [
-        {"prompt": "p", "chosen_path": "a.png", "reject_path": "a.png"},
-        {"prompt": "p", "chosen_path": "broken.png", "reject_path": "a.png"},
-    ])
+    path = write_json(
+        tmp_path / "pairs.json",
+        [
+            {"prompt": "p", "chosen_path": "a.png", "reject_path": "a.png"},
+            {"prompt": "p", "chosen_path": "broken.png", "reject_path": "a.png"},
+        ],
+    )
     pairs = load_preference_data(path)  # lazy: nothing decoded yet
     with pytest.raises(InputError, match=r"row 1, 'chosen': .*broken\.png"):
         LlavaRewardDataCollator(processor)(list(pairs))
@@ -175,11 +193,14 @@ def test_corrupt_image_fails_when_decoded_naming_row_and_file(tmp_path, processo
 def test_skip_option_drops_and_counts_unreadable_rows(tmp_path, caplog):
     write_images(tmp_path, ["a.png"])
     (tmp_path / "broken.png").write_bytes(b"not an image")
-    path = write_json(tmp_path / "labelled.json", [
-        {"prompt": "p", "path": "a.png", "label": 1},
-        {"prompt": "p", "path": "broken.png", "label": 0},
-        {"prompt": "p", "path": "a.png", "label": 0},
-    ])
+    path = write_json(
+        tmp_path / "labelled.json",
+        [
+            {"prompt": "p", "path": "a.png", "label": 1},
+            {"prompt": "p", "path": "broken.png", "label": 0},
+            {"prompt": "p", "path": "a.png", "label": 0},
+        ],
+    )
     with caplog.at_level(logging.WARNING, logger="trainers.data"):
         rows = load_preference_data(path, on_bad_image="skip")
     assert rows["row"] == [0, 2]
@@ -194,7 +215,10 @@ def test_skip_option_drops_and_counts_unreadable_rows(tmp_path, caplog):
             r"data\.json row 1: missing field 'reject_path'",
         ),
         ([{"prompt": "p", "path": "a.png", "label": 2}], r"row 0: 'label' must be 0 or 1, got 2"),
-        ([{"prompt": ["a", "b", "c"], "chosen_path": "a.png", "reject_path": "a.png"}], r"\[prompt_chosen, prompt_rejected\]"),
+        (
+            [{"prompt": ["a", "b", "c"], "chosen_path": "a.png", "reject_path": "a.png"}],
+            r"\[prompt_chosen, prompt_rejected\]",
+        ),
         ([{"caption": "c", "image_0": "a.png", "image_1": "a.png", "label_0": 3}], r"'label_0' must be 1"),
         ([{"prompt": "p", "image": "a.png", "rating": "good"}], r"'rating' must be a number"),
         ([{"prompt": "p", "image": "a.png", "rating": 1}], r"no prompt has two differently rated images"),

@@ -102,9 +102,19 @@ def make_trainer(base, task, output_dir, objective="bt", train_kind="pairs", **f
     torch.manual_seed(0)
     model = LlavaRewardModel.from_vlm(base, objective=objective, reward_dim=2 if objective == "gpm" else 1)
     settings = dict(
-        output_dir=str(output_dir), use_cpu=True, max_steps=20, per_device_train_batch_size=2, learning_rate=5e-3,
-        lora_r=8, lora_alpha=16, lora_dropout=0.0, logging_steps=10, save_strategy="no", report_to="none",
-        disable_tqdm=True, seed=0,
+        output_dir=str(output_dir),
+        use_cpu=True,
+        max_steps=20,
+        per_device_train_batch_size=2,
+        learning_rate=5e-3,
+        lora_r=8,
+        lora_alpha=16,
+        lora_dropout=0.0,
+        logging_steps=10,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        seed=0,
     )
     args = LlavaRewardTrainingConfig(**{**settings, **fields})
     return LlavaRewardTrainer(
@@ -117,7 +127,9 @@ def make_trainer(base, task, output_dir, objective="bt", train_kind="pairs", **f
 
 @pytest.mark.parametrize(("objective", "train_kind"), [("bt", "pairs"), ("gpm", "pairs"), ("ce", "labelled")])
 def test_tiny_model_learns_the_colour_task(base, task, tmp_path, objective, train_kind):
-    trainer = make_trainer(base, task, tmp_path, objective=objective, train_kind=train_kind, per_device_train_batch_size=8)
+    trainer = make_trainer(
+        base, task, tmp_path, objective=objective, train_kind=train_kind, per_device_train_batch_size=8
+    )
     before = trainer.evaluate()
     trainer.train()
     after = trainer.evaluate()
@@ -160,7 +172,10 @@ def test_head_and_full_tuning(base, task, tmp_path):
     before = snapshot(trainer.model)
     trainer.train()
     after = snapshot(trainer.model)
-    assert not torch.equal(after["vlm.language_model.layers.0.mlp.up_proj.weight"], before["vlm.language_model.layers.0.mlp.up_proj.weight"])
+    assert not torch.equal(
+        after["vlm.language_model.layers.0.mlp.up_proj.weight"],
+        before["vlm.language_model.layers.0.mlp.up_proj.weight"],
+    )
     assert all(torch.equal(after[name], before[name]) for name in frozen)
 
 
@@ -196,7 +211,10 @@ def test_resume_after_an_interrupted_run_reaches_the_same_step_and_weights(base,
     interrupted = make_trainer(base, task, tmp_path / "run", **settings)
     interrupted.add_callback(StopAt(4))  # killed after step 4: the last checkpoint is step 3
     interrupted.train()
-    assert interrupted.state.global_step == 4 and (tmp_path / "run" / "checkpoint-3" / "reward_head.safetensors").is_file()
+    assert (
+        interrupted.state.global_step == 4
+        and (tmp_path / "run" / "checkpoint-3" / "reward_head.safetensors").is_file()
+    )
 
     resumed = make_trainer(base, task, tmp_path / "run", **settings)
     resumed.train(resume_from_checkpoint=True)
@@ -227,7 +245,9 @@ def test_eval_metrics_count_ties_out_of_accuracy(base, task, tmp_path):
 def test_trainer_rejects_mismatched_objectives_and_data(base, task, tmp_path):
     args = LlavaRewardTrainingConfig(output_dir=str(tmp_path), use_cpu=True, objective="gpm")
     with pytest.raises(ValueError, match="training objective is 'gpm' but the model was built for 'bt'"):
-        LlavaRewardTrainer(LlavaRewardModel.from_vlm(base), args, train_dataset=load_preference_data(task["train_pairs"]))
+        LlavaRewardTrainer(
+            LlavaRewardModel.from_vlm(base), args, train_dataset=load_preference_data(task["train_pairs"])
+        )
     with pytest.raises(ValueError, match="only objective='ce' can learn from"):
         make_trainer(base, task, tmp_path, objective="bt", train_kind="labelled")
     with pytest.raises(ValueError, match="margin_scale=1.0 but the train data has no `margin` column"):

@@ -27,6 +27,7 @@ VENV_BIN = Path(sys.executable).parent
 
 pytestmark = pytest.mark.usefixtures("one_intraop_thread")
 
+
 @pytest.mark.parametrize("recipe", RECIPES, ids=[path.stem for path in RECIPES])
 def test_every_recipe_is_valid(recipe):
     loaded = load_recipe(recipe, {"use_cpu": True})  # on a machine without GPU, as CI is
@@ -43,15 +44,21 @@ def test_every_recipe_is_valid(recipe):
 def test_accelerate_configs_cover_ddp_fsdp_and_zero():
     import yaml
 
-    kinds = {path.stem: yaml.safe_load(path.read_text()) for path in (REPO / "configuration" / "accelerate").glob("*.yaml")}
+    kinds = {
+        path.stem: yaml.safe_load(path.read_text()) for path in (REPO / "configuration" / "accelerate").glob("*.yaml")
+    }
     assert {config["distributed_type"] for config in kinds.values()} == {"MULTI_GPU", "FSDP", "DEEPSPEED"}
-    assert sorted(config["deepspeed_config"]["zero_stage"] for config in kinds.values() if "deepspeed_config" in config) == [2, 3]
+    assert sorted(
+        config["deepspeed_config"]["zero_stage"] for config in kinds.values() if "deepspeed_config" in config
+    ) == [2, 3]
 
 
 def test_overrides_reach_every_section_and_parse_as_yaml_1_2(tmp_path):
     recipe = load_recipe(
         REPO / "configuration" / "recipes" / "tiny.yaml",
-        parse_overrides(["--learning_rate", "1e-4", "--model.base_model=/x", "--data.train", "t.json", "--eval_strategy", "no"]),
+        parse_overrides(
+            ["--learning_rate", "1e-4", "--model.base_model=/x", "--data.train", "t.json", "--eval_strategy", "no"]
+        ),
     )
     assert recipe.training.learning_rate == 1e-4 and recipe.training.eval_strategy == "no"
     assert recipe.model.base_model == "/x" and recipe.data.train == "t.json"
@@ -97,7 +104,9 @@ def test_cli_trains_the_tiny_recipe_and_resumes(workdir, monkeypatch):
     output = workdir / "tiny-task" / "reward"
     assert "parameters trainable" in result.stdout and "saved the trained overall reward model" in result.stdout
     assert {"checkpoint-2", "checkpoint-4"} <= {path.name for path in output.iterdir()}
-    scores = LlavaRewardScorer.from_pretrained(output).score("a red square", [str(next((workdir / "tiny-task" / "images").iterdir()))])
+    scores = LlavaRewardScorer.from_pretrained(output).score(
+        "a red square", [str(next((workdir / "tiny-task" / "images").iterdir()))]
+    )
     assert scores.shape == (1,)
 
     # --resume continues from checkpoint-4 up to the new max_steps (in-process, through the same entry point):
@@ -112,7 +121,9 @@ def test_cli_trains_the_tiny_recipe_and_resumes(workdir, monkeypatch):
 
 def test_cli_reports_bad_input_in_one_line(workdir, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(workdir)
-    (tmp_path / "pairs.json").write_text(json.dumps([{"prompt": "p", "chosen_path": "gone.png", "reject_path": "x.png"}]))
+    (tmp_path / "pairs.json").write_text(
+        json.dumps([{"prompt": "p", "chosen_path": "gone.png", "reject_path": "x.png"}])
+    )
     assert cli_main(["train", "--config", TINY, "--data.train", str(tmp_path / "pairs.json")]) == 1
     error = capsys.readouterr().err
     assert error.startswith("llava-reward train: error:") and error.count("\n") == 1  # one line, no traceback
@@ -146,13 +157,31 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(workdir,
     (tmp_path / "driver.py").write_text(DRIVER)
     common = [TINY, "--max_steps", "4", "--logging_steps", "1", "--eval_strategy", "no", "--save_strategy", "no"]
     ddp = run(
-        [str(VENV_BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", str(tmp_path / "driver.py"), *common,
-         "--per_device_train_batch_size", "2", "--output_dir", str(tmp_path / "ddp")],
+        [
+            str(VENV_BIN / "torchrun"),
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(tmp_path / "driver.py"),
+            *common,
+            "--per_device_train_batch_size",
+            "2",
+            "--output_dir",
+            str(tmp_path / "ddp"),
+        ],
         workdir,
     )
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     single = run(
-        [sys.executable, str(tmp_path / "driver.py"), *common, "--per_device_train_batch_size", "4", "--output_dir", str(tmp_path / "one")],
+        [
+            sys.executable,
+            str(tmp_path / "driver.py"),
+            *common,
+            "--per_device_train_batch_size",
+            "4",
+            "--output_dir",
+            str(tmp_path / "one"),
+        ],
         workdir,
     )
     assert single.returncode == 0, single.stderr[-3000:]

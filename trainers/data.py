@@ -93,7 +93,9 @@ def load_preference_data(
     if isinstance(source, (str, os.PathLike)) and Path(source).suffix in (".json", ".jsonl"):
         return _load_json(Path(source), format, image_root, on_bad_image)
     dataset = source if isinstance(source, datasets.Dataset) else _load_dataset(source, split)
-    return _from_dataset(dataset, format, image_root, on_bad_image, name=str(source) if dataset is not source else "the dataset")
+    return _from_dataset(
+        dataset, format, image_root, on_bad_image, name=str(source) if dataset is not source else "the dataset"
+    )
 
 
 def detect_format(fields, name: str = "the data") -> str:
@@ -103,10 +105,6 @@ def detect_format(fields, name: str = "the data") -> str:
             return format
     known = "; ".join(f"{format}: {sorted(required)}" for format, required in _SIGNATURES)
     raise ValueError(f"Cannot tell the format of {name} from its fields {sorted(fields)}. Known formats: {known}.")
-
-
-def is_paired(dataset: datasets.Dataset) -> bool:
-    return {"chosen", "rejected"} <= set(dataset.column_names)
 
 
 # ---- JSON files -------------------------------------------------------------------------------------------------
@@ -136,7 +134,11 @@ def _read_records(path: Path) -> list[dict]:
         raise InputError(f"{path}: file not found.")
     text = path.read_text(encoding="utf-8")
     try:
-        records = [json.loads(line) for line in text.splitlines() if line.strip()] if path.suffix == ".jsonl" else json.loads(text)
+        records = (
+            [json.loads(line) for line in text.splitlines() if line.strip()]
+            if path.suffix == ".jsonl"
+            else json.loads(text)
+        )
     except json.JSONDecodeError as error:
         raise InputError(f"{path}: not valid JSON ({error}).") from None
     if not isinstance(records, list) or not records or not all(isinstance(record, dict) for record in records):
@@ -202,7 +204,9 @@ def _published_labelled(record: dict, index: int, path: Path) -> dict:
 def _mjbench_pair(record: dict, index: int, path: Path) -> dict | None:
     label = _field(record, "label_0", index, path)
     if label not in (0, 0.5, 1):
-        raise InputError(f"{path} row {index}: 'label_0' must be 1 (image_0 preferred), 0 or 0.5 (tie), got {label!r}.")
+        raise InputError(
+            f"{path} row {index}: 'label_0' must be 1 (image_0 preferred), 0 or 0.5 (tie), got {label!r}."
+        )
     if label == 0.5:
         return None
     images = [_field(record, "image_0", index, path), _field(record, "image_1", index, path)]
@@ -324,13 +328,17 @@ def decode_image(image, row: int, column: str):
 def _check_images(dataset: datasets.Dataset, on_bad_image: str, name: str) -> datasets.Dataset:
     """Raise on a missing image file (naming the row), or with "skip" drop and count rows with unreadable images."""
     columns = [column for column in IMAGE_COLUMNS if column in dataset.column_names]
-    rows = dataset.select_columns(columns + ["row"] + (["rejected_row"] if "rejected_row" in dataset.column_names else []))
+    rows = dataset.select_columns(
+        columns + ["row"] + (["rejected_row"] if "rejected_row" in dataset.column_names else [])
+    )
     if on_bad_image == "raise":
         for example in rows:
             for column in columns:
                 path = _path_of(example[column])
                 if path is not None and not os.path.isfile(path):
-                    raise InputError(f"{name} row {_row_of(example, column)}, {column!r}: image file {path!r} not found.")
+                    raise InputError(
+                        f"{name} row {_row_of(example, column)}, {column!r}: image file {path!r} not found."
+                    )
         return dataset
     kept, failures = [], []
     for index, example in enumerate(rows):
@@ -343,7 +351,10 @@ def _check_images(dataset: datasets.Dataset, on_bad_image: str, name: str) -> da
     if failures:
         logger.warning(
             "%s: skipped %d of %d rows with unreadable images (on_bad_image='skip'); first: %s",
-            name, len(failures), len(dataset), "; ".join(failures[:3]),
+            name,
+            len(failures),
+            len(dataset),
+            "; ".join(failures[:3]),
         )
     return dataset.select(kept)
 
@@ -357,7 +368,10 @@ def _path_of(image) -> str | None:
 
 
 def _row_of(example: dict, column: str) -> int:
-    return example.get("rejected_row", example["row"]) if column == "rejected" and example.get("rejected_row") is not None else example["row"]
+    """The source row of `column`'s image (pairs built from rated rows take their two images from two rows)."""
+    if column == "rejected" and example.get("rejected_row") is not None:
+        return example["rejected_row"]
+    return example["row"]
 
 
 # ---- batches ----------------------------------------------------------------------------------------------------
@@ -401,4 +415,4 @@ class LlavaRewardDataCollator:
         return dict(self.processor(prompts, images))
 
 
-__all__ = ["FORMATS", "LlavaRewardDataCollator", "decode_image", "detect_format", "is_paired", "load_preference_data"]
+__all__ = ["FORMATS", "LlavaRewardDataCollator", "decode_image", "detect_format", "load_preference_data"]

@@ -38,7 +38,9 @@ RecipeLoader.yaml_implicit_resolvers = {
     first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
-RecipeLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
 RecipeLoader.add_implicit_resolver(
     "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$"), list("-+0123456789.")
 )
@@ -110,7 +112,9 @@ def load_recipe(path, overrides: dict | None = None) -> Recipe:
     built = {name: _build(classes[name], values, f"{path} [{name}]") for name, values in sections.items()}
     for section, field in (("model", "base_model"), ("data", "train"), ("training", "output_dir")):
         if getattr(built[section], field) in (None, ""):
-            raise RecipeError(f"{path}: `{section}.{field}` is required (set it in the recipe or with --{section}.{field}).")
+            raise RecipeError(
+                f"{path}: `{section}.{field}` is required (set it in the recipe or with --{section}.{field})."
+            )
     return Recipe(**built, path=path)
 
 
@@ -169,20 +173,30 @@ def train(recipe: Recipe, resume: bool | str = False):
         else:
             checkpoint = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
         if checkpoint is None or not Path(checkpoint).is_dir():
-            raise RecipeError(f"--resume: no checkpoint to resume from in {resume if isinstance(resume, str) else args.output_dir}.")
+            raise RecipeError(
+                f"--resume: no checkpoint to resume from in {resume if isinstance(resume, str) else args.output_dir}."
+            )
 
     with args.main_process_first(desc="loading the data"):
         train_dataset = load_preference_data(
-            data_args.train, format=data_args.format, image_root=data_args.image_root, split=data_args.train_split,
+            data_args.train,
+            format=data_args.format,
+            image_root=data_args.image_root,
+            split=data_args.train_split,
             on_bad_image=data_args.on_bad_image,
         )
         eval_dataset = data_args.eval and load_preference_data(
-            data_args.eval, format=data_args.format, image_root=data_args.image_root, split=data_args.eval_split,
+            data_args.eval,
+            format=data_args.format,
+            image_root=data_args.image_root,
+            split=data_args.eval_split,
             on_bad_image=data_args.on_bad_image,
         )
 
     # A local base is recorded as an absolute path: the saved bundle must find it from any working directory.
-    base_model = str(Path(model_args.base_model).resolve()) if Path(model_args.base_model).is_dir() else model_args.base_model
+    base_model = (
+        str(Path(model_args.base_model).resolve()) if Path(model_args.base_model).is_dir() else model_args.base_model
+    )
     set_seed(args.seed)  # the reward head's initialisation
     model = LlavaRewardModel.from_vlm(
         base_model,
@@ -205,7 +219,9 @@ def train(recipe: Recipe, resume: bool | str = False):
     )
     trainable, total = trainer.trainable_parameters
     if trainer.is_world_process_zero():
-        print(f"[llava-reward] {args.tuning}: {trainable:,} of {total:,} parameters trainable ({trainable / total:.2%})")
+        print(
+            f"[llava-reward] {args.tuning}: {trainable:,} of {total:,} parameters trainable ({trainable / total:.2%})"
+        )
     trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model(args.output_dir)
     if trainer.is_world_process_zero():
@@ -217,10 +233,16 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser = parser or argparse.ArgumentParser(prog="python -m trainers.train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True, metavar="RECIPE.yaml", help="the training recipe")
     parser.add_argument(
-        "--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
+        "--resume",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="CHECKPOINT",
         help="continue from the last checkpoint in output_dir (or from CHECKPOINT)",
     )
-    parser.epilog = "Any other --section.key value overrides the recipe (--learning_rate 1e-4, --model.base_model PATH)."
+    parser.epilog = (
+        "Any other --section.key value overrides the recipe (--learning_rate 1e-4, --model.base_model PATH)."
+    )
     return parser
 
 

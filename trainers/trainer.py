@@ -37,7 +37,6 @@ from modeling_llava_reward.preference import preference_logit
 from .data import LABELLED_COLUMNS
 from .data import PAIR_COLUMNS
 from .data import LlavaRewardDataCollator
-from .data import is_paired
 
 
 logger = logging.getLogger(__name__)
@@ -116,7 +115,10 @@ class LlavaRewardTrainingConfig(RewardConfig):
         if self.bf16 is None:
             self.bf16 = not self.fp16 and not self.use_cpu and _bf16_supported()
         super().__post_init__()
-        for name, value, allowed in (("objective", self.objective, (None, *OBJECTIVES)), ("tuning", self.tuning, TUNING_MODES)):
+        for name, value, allowed in (
+            ("objective", self.objective, (None, *OBJECTIVES)),
+            ("tuning", self.tuning, TUNING_MODES),
+        ):
             if value not in allowed:
                 raise ValueError(f"`{name}` must be one of {allowed}, got {value!r}.")
         if self.tau is not None and not self.tau > 0:
@@ -145,9 +147,9 @@ def pairwise_loss(
     """Mean loss over pairs: BT `-log sigmoid((s - margin) / tau)`, GPM `-log sigmoid(s / tau)`, CE
     `BCE(r_c, 1) + BCE(r_r, 0)` (with logits), where `s` is the preference logit of chosen over rejected."""
     if objective == "ce":
-        return F.binary_cross_entropy_with_logits(chosen, torch.ones_like(chosen)) + F.binary_cross_entropy_with_logits(
-            rejected, torch.zeros_like(rejected)
-        )
+        return F.binary_cross_entropy_with_logits(
+            chosen, torch.ones_like(chosen)
+        ) + F.binary_cross_entropy_with_logits(rejected, torch.zeros_like(rejected))
     logit = preference_logit(chosen, rejected, objective)
     if margin is not None:
         logit = logit - margin
@@ -260,10 +262,11 @@ class LlavaRewardTrainer(RewardTrainer):
             processing_class = LlavaRewardProcessor.from_base(model.config.base_model)
         set_seed(args.seed)  # LoRA's initialisation
         model = prepare_for_training(model, args)
-        self.args = args  # `_prepare_dataset` reads it before Trainer sets it
         train_dataset = self._prepare_dataset(train_dataset, processing_class, args, "train")
         if isinstance(eval_dataset, dict):
-            eval_dataset = {key: self._prepare_dataset(data, processing_class, args, key) for key, data in eval_dataset.items()}
+            eval_dataset = {
+                key: self._prepare_dataset(data, processing_class, args, key) for key, data in eval_dataset.items()
+            }
         elif eval_dataset is not None:
             eval_dataset = self._prepare_dataset(eval_dataset, processing_class, args, "eval")
         # RewardTrainer.__init__ is all about text models and tokenizers: skip to the Trainer below it.
@@ -289,7 +292,9 @@ class LlavaRewardTrainer(RewardTrainer):
         self.can_return_loss = True  # evaluation calls compute_loss although there are no labels
         self.label_names = []
         self.maybe_activation_offload_context = (
-            get_act_offloading_ctx_manager(model=self.model) if args.activation_offloading else contextlib.nullcontext()
+            get_act_offloading_ctx_manager(model=self.model)
+            if args.activation_offloading
+            else contextlib.nullcontext()
         )
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
         self.trainable_parameters = count_parameters(self.model)  # (trainable, total)
@@ -300,7 +305,9 @@ class LlavaRewardTrainer(RewardTrainer):
         columns = set(dataset.column_names or [])
         if {"chosen", "rejected", "prompt"} <= columns:
             if args.margin_scale and "margin" not in columns:
-                raise ValueError(f"margin_scale={args.margin_scale} but the {dataset_name} data has no `margin` column.")
+                raise ValueError(
+                    f"margin_scale={args.margin_scale} but the {dataset_name} data has no `margin` column."
+                )
             return dataset
         if {"image", "label", "prompt"} <= columns:
             if self.objective != "ce":
@@ -383,7 +390,7 @@ class LlavaRewardTrainer(RewardTrainer):
         self._load_from_checkpoint(self.state.best_model_checkpoint)
 
     def create_model_card(self, *args, **kwargs):
-        # TRL's card describes a text reward model trained from a Hub id; the bundle's model card is written by
+        # TRL writes its text-reward-model card into every checkpoint; a perspective's card is written by
         # `hub_cards` when it is shared.
         return None
 
