@@ -184,7 +184,10 @@ class Evaluation:
         path = self.output_dir / METRICS_FILE
         if not path.is_file():
             return
-        previous = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            previous = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            raise InputError(f"{path}: not valid JSON; remove it, or overwrite the folder (--overwrite).") from None
         for key in ("benchmark", "model", "model_options", "data", "image_root"):
             if previous.get(key) != header[key]:
                 raise InputError(
