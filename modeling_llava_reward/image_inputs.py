@@ -17,6 +17,7 @@ import warnings
 
 import numpy as np
 import torch
+from PIL import ExifTags
 from PIL import Image
 from PIL import ImageOps
 from PIL import UnidentifiedImageError
@@ -90,6 +91,8 @@ def _open(source, label: str, path=None) -> Image.Image:
 def _first_frame(image: Image.Image) -> Image.Image:
     if getattr(image, "n_frames", 1) > 1:
         image.seek(0)
+    elif image.getexif().get(ExifTags.Base.Orientation, 1) == 1:
+        return image  # upright: exif_transpose would only copy it (benchmarks/RESULTS.md, scoring overhead)
     return ImageOps.exif_transpose(image)
 
 

@@ -159,6 +159,7 @@ class LlavaRewardProcessor(ProcessorMixin):
         """Pair `prompts[i]` with `images[i]` (one prompt may serve many images) and build the model inputs."""
         prompts, images = self.pair(prompts, load_images(images))
         texts = [self.build_text(self.truncate_prompt(prompt, index)) for index, prompt in enumerate(prompts)]
+        kwargs.setdefault("do_convert_rgb", False)  # load_images made them RGB: the image processor would copy them
         try:
             return self.vlm_processor(
                 text=texts,
