@@ -21,6 +21,7 @@ from common import megabytes
 from common import parse_args
 from common import scoring_inputs
 from common import seconds
+from common import shown
 
 
 def main():
@@ -62,9 +63,7 @@ def main():
         del models
     report.write(
         {
-            "model": lambda row: row["model"],
-            "image px": lambda row: row["image_px"],
-            "batch": lambda row: row["batch"],
+            **shown(model="model", image_px="image px", batch="batch"),
             "hidden_layer k": lambda row: f"{row['hidden_layer']} of {row['layers_total']}",
             "layers kept": lambda row: row["decoder_layers_kept"],
             "params (M)": lambda row: row["parameters"] / 1e6,

@@ -4,7 +4,8 @@
 EvalAlign): `LlavaForConditionalGeneration.generate` answering an evaluation instruction about the caption, greedy,
 exactly 32 new tokens (`min_new_tokens=max_new_tokens=32`) with the KV cache. `ours`: one `LlavaRewardModel`
 forward on the reward text. The reward model wraps the generator's own base model, so both run the same weights.
-Inputs are processed beforehand: the timings compare the model calls only.
+`judge, 1 token` is the same call stopped after its first token (the prefill): (judge - prefill) / 31 is the cost
+of one decoding step, which bounds the ratio. Inputs are processed beforehand: the timings compare model calls.
 Target: judge / ours >= 10.
 
     python benchmarks/bench_generative_judge.py            # tiny model and the default backbone
@@ -21,6 +22,7 @@ from common import parse_args
 from common import ratio
 from common import scoring_inputs
 from common import seconds
+from common import shown
 
 
 INSTRUCTION = 'Does this image show "{caption}"? Answer yes or no, then explain what matches and what does not.'
@@ -55,22 +57,26 @@ def main():
             reward_inputs = processor(captions[:batch_size], images[:batch_size])
             generation_inputs = judge_inputs(backbone.processor, captions[:batch_size], images[:batch_size])
 
-            @torch.inference_mode()
-            def run_judge():
-                generated = backbone.generator.generate(
-                    **generation_inputs,
-                    max_new_tokens=NEW_TOKENS,
-                    min_new_tokens=NEW_TOKENS,
-                    do_sample=False,
-                    pad_token_id=backbone.processor.tokenizer.pad_token_id,
-                )
-                assert generated.shape[1] == generation_inputs["input_ids"].shape[1] + NEW_TOKENS
+            def judge(new_tokens: int):
+                @torch.inference_mode()
+                def run():
+                    generated = backbone.generator.generate(
+                        **generation_inputs,
+                        max_new_tokens=new_tokens,
+                        min_new_tokens=new_tokens,
+                        do_sample=False,
+                        pad_token_id=backbone.processor.tokenizer.pad_token_id,
+                    )
+                    assert generated.shape[1] == generation_inputs["input_ids"].shape[1] + new_tokens
+
+                return run
 
             @torch.inference_mode()
             def run_ours():
                 model(**reward_inputs)
 
-            results = measure({"judge": run_judge, "ours": run_ours}, args)
+            results = measure({"judge": judge(NEW_TOKENS), "judge, 1 token": judge(1), "ours": run_ours}, args)
+            step = (results["judge"]["median_s"] - results["judge, 1 token"]["median_s"]) / (NEW_TOKENS - 1)
             row = report.add(
                 model=backbone.name,
                 image_px=backbone.image_size,
@@ -79,16 +85,18 @@ def main():
                 reward_tokens=reward_inputs["input_ids"].shape[1],
                 results=results,
                 speedup=ratio(results["judge"], results["ours"]),
+                decoding_step_s=step,
+                prefill_over_ours=ratio(results["judge, 1 token"], results["ours"]),
             )
             print(row["model"], batch_size, {k: round(v["median_s"], 4) for k, v in results.items()}, flush=True)
     report.write(
         {
-            "model": lambda row: row["model"],
-            "image px": lambda row: row["image_px"],
-            "batch": lambda row: row["batch"],
+            **shown(model="model", image_px="image px", batch="batch"),
             "tokens judge / ours": lambda row: f"{row['judge_prompt_tokens']}+{NEW_TOKENS} / {row['reward_tokens']}",
             "judge s": lambda row: seconds(row["results"]["judge"]),
             "ours s": lambda row: seconds(row["results"]["ours"]),
+            "judge, 1 token s": lambda row: seconds(row["results"]["judge, 1 token"]),
+            "decoding step s": lambda row: row["decoding_step_s"],
             "judge/ours (target >= 10)": lambda row: row["speedup"],
             "peak MB judge / ours": lambda row: " / ".join(megabytes(row["results"][n]) for n in ("judge", "ours")),
         }

@@ -28,6 +28,7 @@ from common import parse_args
 from common import ratio
 from common import scoring_inputs
 from common import seconds
+from common import shown
 
 
 PERSPECTIVES = ("alignment", "fidelity", "safety", "overall")
@@ -119,11 +120,7 @@ def main():
         print(backbone.name, {key: round(value["median_s"], 4) for key, value in results.items()}, flush=True)
     report.write(
         {
-            "model": lambda row: row["model"],
-            "image px": lambda row: row["image_px"],
-            "images": lambda row: row["images"],
-            "K": lambda row: row["perspectives"],
-            "scorer": lambda row: row["kind"],
+            **shown(model="model", image_px="image px", images="images", perspectives="K", kind="scorer"),
             "score s": lambda row: seconds(row["result"]),
             "x separate": lambda row: row["over_separate"],
             "scoring peak MB": lambda row: megabytes(row["result"]),

@@ -22,6 +22,7 @@ from common import parse_args
 from common import preference_pairs
 from common import ratio
 from common import seconds
+from common import shown
 
 
 def published_rewards(generator, reward_model, inputs) -> torch.Tensor:
@@ -88,10 +89,7 @@ def main():
             print(row["model"], image_size, {k: round(v["median_s"], 4) for k, v in results.items()}, flush=True)
     report.write(
         {
-            "model": lambda row: row["model"],
-            "image px": lambda row: row["image_px"],
-            "pairs": lambda row: row["pairs"],
-            "tokens": lambda row: row["tokens"],
+            **shown(model="model", image_px="image px", pairs="pairs", tokens="tokens"),
             "published s": lambda row: seconds(row["results"]["published"]),
             "ours s": lambda row: seconds(row["results"]["ours"]),
             "speed-up (target >= 1.3)": lambda row: row["speedup"],

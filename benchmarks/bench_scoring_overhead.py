@@ -5,6 +5,8 @@ Alternatives, per model, image size and batch size, on the same weights and the 
   processed beforehand: the least any reward read from this backbone can cost;
 - `model`: `LlavaRewardModel(**inputs)` on the same processed inputs (adds the state capture, pooling, SkipCA and
   the value head);
+- `head`: SkipCA and the value head alone, on states of the forward's shapes (what `model` adds, measured apart:
+  a difference of two noisy forwards cannot resolve it);
 - `scorer`: `LlavaRewardScorer.score(prompts, images, batch_size=B)`: what a user pays, from decoded 1024 px
   images to rewards (adds input checks, image preprocessing, tokenization);
 - `preprocess`: the processor alone, on the same images (the part of `scorer` that is not a forward).
@@ -24,6 +26,7 @@ from common import parse_args
 from common import ratio
 from common import scoring_inputs
 from common import seconds
+from common import shown
 
 
 def main():
@@ -52,10 +55,20 @@ def main():
                 def run_model():
                     model(**inputs)
 
+                batch, hidden_size = len(batch_prompts), model.value_head.in_features
+                reward_states = torch.randn(batch, 1, hidden_size)
+                visual_states = torch.randn(batch, backbone.visual_tokens, hidden_size)
+                visual_mask = torch.ones(batch, backbone.visual_tokens, dtype=torch.bool)
+
+                @torch.inference_mode()
+                def run_head():
+                    model.value_head(model.skip_cross_attention(reward_states, visual_states, visual_mask)[:, 0])
+
                 results = measure(
                     {
                         "backbone": run_backbone,
                         "model": run_model,
+                        "head": run_head,
                         "scorer": lambda: scorer.score(batch_prompts, batch_images, batch_size=batch_size),
                         "preprocess": lambda: processor(batch_prompts, batch_images),
                     },
@@ -68,20 +81,20 @@ def main():
                     tokens=inputs["input_ids"].shape[1],
                     results=results,
                     model_over_backbone=ratio(results["model"], results["backbone"]),
+                    head_over_backbone=1 + ratio(results["head"], results["backbone"]),
                     scorer_over_backbone=ratio(results["scorer"], results["backbone"]),
                 )
                 print(row["model"], image_size, batch_size, {k: round(v["median_s"], 4) for k, v in results.items()})
     report.write(
         {
-            "model": lambda row: row["model"],
-            "image px": lambda row: row["image_px"],
-            "batch": lambda row: row["batch"],
-            "tokens": lambda row: row["tokens"],
+            **shown(model="model", image_px="image px", batch="batch", tokens="tokens"),
             "backbone s": lambda row: seconds(row["results"]["backbone"]),
             "model s": lambda row: seconds(row["results"]["model"]),
+            "head s": lambda row: seconds(row["results"]["head"]),
             "scorer s": lambda row: seconds(row["results"]["scorer"]),
             "preprocess s": lambda row: seconds(row["results"]["preprocess"]),
             "model/backbone": lambda row: row["model_over_backbone"],
+            "(backbone+head)/backbone": lambda row: row["head_over_backbone"],
             "scorer/backbone (target <= 1.05)": lambda row: row["scorer_over_backbone"],
             "peak MB backbone / model / scorer": lambda row: " / ".join(
                 megabytes(row["results"][name]) for name in ("backbone", "model", "scorer")

@@ -16,6 +16,7 @@ from common import load_backbones
 from common import parse_args
 from common import scoring_inputs
 from common import seconds
+from common import shown
 from common import time_alternatives
 
 
@@ -72,10 +73,7 @@ def main():
         print(backbone.name, {f"t{t}b{b}": round(r["median_s"], 3) for (t, b), r in results.items()}, flush=True)
     report.write(
         {
-            "model": lambda row: row["model"],
-            "image px": lambda row: row["image_px"],
-            "threads": lambda row: row["threads"],
-            "batch": lambda row: row["batch"],
+            **shown(model="model", image_px="image px", threads="threads", batch="batch"),
             f"time for {args.images} images s": lambda row: seconds(row["result"]),
             "images/s": lambda row: row["images_per_s"],
             "x previous batch": lambda row: row["gain_over_previous_batch"],

@@ -28,6 +28,7 @@ from common import parse_args
 from common import preference_pairs
 from common import ratio
 from common import seconds
+from common import shown
 
 
 def training_step(model, trainable, loss_of, inputs, checkpointing: bool):
@@ -102,10 +103,7 @@ def main():
         print(backbone.name, {k: round(v["median_s"], 4) for k, v in results.items()}, flush=True)
     report.write(
         {
-            "model": lambda row: row["model"],
-            "image px": lambda row: row["image_px"],
-            "pairs": lambda row: row["pairs"],
-            "step": lambda row: row["step"],
+            **shown(model="model", image_px="image px", pairs="pairs", step="step"),
             "trainable (M)": lambda row: row["trainable_parameters"] / 1e6,
             "time s": lambda row: seconds(row["result"]),
             "x bare (lora)": lambda row: row["over_bare"],

@@ -144,6 +144,11 @@ def markdown_table(rows: list[dict], columns: dict[str, Callable[[dict], object]
     return "\n".join(lines)
 
 
+def shown(**headers: str) -> dict[str, Callable[[dict], object]]:
+    """Columns showing row values as they are: `shown(image_px="image px")` shows `row["image_px"]` as "image px"."""
+    return {header: (lambda row, key=key: row[key]) for key, header in headers.items()}
+
+
 def seconds(result: dict) -> str:
     """A timing as `median [q1, q3]` seconds, three significant digits."""
     return f"{result['median_s']:.3g} [{result['q1_s']:.3g}, {result['q3_s']:.3g}]"
@@ -179,6 +184,7 @@ def machine_info() -> dict:
         "logical_cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
     }
     try:
         info["memory_gib"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
@@ -309,6 +315,11 @@ class Backbone:
     @property
     def vlm(self):
         return self.generator.model
+
+    @property
+    def visual_tokens(self) -> int:
+        """Image tokens per image at the current image size (one per patch; the CLS token is dropped)."""
+        return (self.image_size // self.vlm.config.vision_config.patch_size) ** 2
 
     @property
     def num_layers(self) -> int:

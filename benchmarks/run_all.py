@@ -1,6 +1,7 @@
 """Run every benchmark (what `make bench` does), each in its own process, and report how long each took.
 
 Arguments after the options are passed to every script (e.g. `--quick`, `--models tiny`, `--repeats 3`).
+Sets `OMP_WAIT_POLICY=PASSIVE` unless it is set (see benchmarks/RESULTS.md, item 7).
 
     python benchmarks/run_all.py                        # the full suite: tiny model and the default backbone
     python benchmarks/run_all.py --quick                # smoke run: tiny model, smallest settings
@@ -59,6 +60,9 @@ def main():
     parser.add_argument("--only", nargs="+", choices=SCRIPTS, default=SCRIPTS, help="run these benchmarks only")
     parser.add_argument("--in-process", action="store_true", help="run the scripts in this process")
     args, script_args = parser.parse_known_args()
+    # OpenMP threads that spin while waiting collapse when another process holds a core (2 threads measured up to
+    # 17x slower than 1 on a busy 2-core machine): passive waiting keeps the numbers meaningful on shared machines.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     sys.path.insert(0, str(BENCHMARKS_DIR))  # the scripts import `common`
     durations = {}
     start, start_cpu = time.perf_counter(), _cpu_seconds()
