@@ -1,6 +1,8 @@
 """LlavaRewardScorer: score / compare / preference_matrix / rank / reward_fn on tiny real models."""
 
 import logging
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -257,3 +259,11 @@ def test_a_100k_character_prompt_is_truncated_with_a_warning(bt_scorer, images, 
 def test_an_empty_prompt_is_scored(bt_scorer, images):
     empty, described = bt_scorer.score(["", "a red cat"], [images[0], images[0]])
     assert torch.isfinite(empty) and empty != described
+
+
+def test_the_documented_api_tour_runs(tmp_path, monkeypatch):
+    text = (Path(__file__).parents[1] / "docs" / "scoring.md").read_text()
+    tour = re.search(r"## API tour\n\n```python\n(.*?)```", text, re.DOTALL).group(1)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(tour, "docs/scoring.md", "exec"), {})
+    assert (tmp_path / "my-reward" / "model.safetensors").is_file()
