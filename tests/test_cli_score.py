@@ -146,6 +146,7 @@ def test_usage_errors_exit_2(run_cli, models, image_files):
         ["score", "--model", model, "--prompt", "a cat", image, "--batch-size", "0"],
         ["score", "--model", model, "--prompt", "a cat", image, "--dtype", "float8"],
         ["score", "--model", model, image],
+        ["score", "--model", model, "--prompt", "a cat", image, "--skip-bad"],
     )
     messages = [
         "the following arguments are required: --model",
@@ -154,6 +155,7 @@ def test_usage_errors_exit_2(run_cli, models, image_files):
         "argument --batch-size: expected a positive integer, got '0'",
         "argument --dtype: invalid choice: 'float8'",
         "give --prompt TEXT and IMAGE files, or --input FILE",
+        "--skip-bad and --image-root apply to --input files only",
     ]
     for result, message in zip(results, messages):
         assert_fails(result, 2, message)
@@ -307,6 +309,7 @@ def test_file_and_model_level_errors_exit_1(run_cli, models, image_files, tmp_pa
          "no_model: no such folder (nor a valid Hub repo id)."),
         (["score", "--model", str(tmp_path), "--prompt", "a", images[0]], "cannot load a LLaVA-Reward model"),
         (["compare", "--model", ce, "--prompt", "a", *images], "compare needs a model with a pairwise objective"),
+        (["score", "--model", bt, "--prompt", "a", images[0], "--device", "gpu0"], "--device gpu0: "),
         (["score", "--model", bt, "--prompt", "a", images[0], "--output", str(tmp_path / "no" / "out.jsonl")],
          "out.jsonl: cannot write it (No such file or directory)."),
     ]
