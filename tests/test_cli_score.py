@@ -77,7 +77,8 @@ def json_lines(text: str) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, Path]:
-    """Saved tiny reward models (full layout: weights, config, processor, code): BT on Qwen2.5-VL, GPM and CE on LLaVA."""
+    """Saved tiny reward models (full layout: weights, config, processor, code): BT on Qwen2.5-VL, GPM and CE on
+    LLaVA."""
     folders = {}
     for name, family, config_fields in [
         ("bt", "qwen2_5_vl", {"tau": 0.5}),
@@ -167,10 +168,10 @@ def test_usage_errors_exit_2(run_cli, models, image_files):
 
 @needs_sample
 def test_score_and_compare_on_the_published_pairwise_sample(models, tmp_path):
-    output = tmp_path / "rewards.jsonl"
+    output, pairs = tmp_path / "rewards.jsonl", SAMPLE / "pairwise_sample.json"
     bt, gpm = run_subprocesses(
-        ["score", "--model", str(models["bt"]), "--input", str(SAMPLE / "pairwise_sample.json"), "--output", str(output)],
-        ["compare", "--model", str(models["gpm"]), "--input", str(SAMPLE / "pairwise_sample.json"), "--batch-size", "3"],
+        ["score", "--model", str(models["bt"]), "--input", str(pairs), "--output", str(output)],
+        ["compare", "--model", str(models["gpm"]), "--input", str(pairs), "--batch-size", "3"],
     )
     assert bt.returncode == 0 and bt.stdout == "", bt.stderr
     assert "llava-reward score: scored 4 of 4 rows" in bt.stderr and "skipped 0" in bt.stderr
@@ -199,7 +200,9 @@ def test_score_and_compare_on_the_published_pairwise_sample(models, tmp_path):
 
 @needs_sample
 def test_score_on_the_published_unpaired_sample_with_a_ce_model(models):
-    (result,) = run_subprocesses(["score", "--model", str(models["ce"]), "--input", str(SAMPLE / "non_pairwise_sample.json")])
+    (result,) = run_subprocesses(
+        ["score", "--model", str(models["ce"]), "--input", str(SAMPLE / "non_pairwise_sample.json")]
+    )
     assert result.returncode == 0, result.stderr
     lines = json_lines(result.stdout)
     assert [(line["row"], line["label"]) for line in lines] == [(0, 1), (1, 1), (2, 1), (3, 1)]
@@ -300,7 +303,8 @@ def test_file_and_model_level_errors_exit_1(run_cli, models, image_files, tmp_pa
     commands_and_messages = [
         (["score", "--model", bt, "--input", str(tmp_path / "absent.json")], "absent.json: file not found."),
         (["score", "--model", bt, "--input", str(tmp_path / "broken.json")], "broken.json: not valid JSON (Expecting"),
-        (["score", "--model", bt, "--input", str(tmp_path / "object.json")], "expected a JSON list of rows, got a JSON dict"),
+        (["score", "--model", bt, "--input", str(tmp_path / "object.json")],
+         "expected a JSON list of rows, got a JSON dict"),
         (["compare", "--model", bt, "--input", str(tmp_path / "unpaired.json")],
          "unpaired.json: row 0: compare needs a pairwise row (prompt, chosen_path, reject_path)."),
         (["score", "--model", bt, "--input", str(tmp_path / "all_bad.json"), "--skip-bad"],

@@ -39,7 +39,8 @@ def image_token_count(processor, input_ids: torch.Tensor) -> int:
 def last_real_token(processor, input_ids, attention_mask) -> list[str]:
     """The last non-pad token of each row, whatever the padding side."""
     positions = [int(mask.nonzero().max()) for mask in attention_mask]
-    return [processor.tokenizer.convert_ids_to_tokens(int(row[position])) for row, position in zip(input_ids, positions)]
+    tokens = [int(row[position]) for row, position in zip(input_ids, positions)]
+    return processor.tokenizer.convert_ids_to_tokens(tokens)
 
 
 @pytest.fixture(scope="module")
@@ -308,7 +309,8 @@ def test_truncation_cuts_the_prompt_only(family, caplog):
         long = processor("a cat " * 20_000, image)  # 120 000 characters
     assert "prompt 0 has 120000 tokens; truncated to max_prompt_tokens=32." in caplog.text
     assert image_token_count(processor, long["input_ids"]) == image_token_count(processor, short["input_ids"]) > 0
-    assert last_real_token(processor, long["input_ids"], long["attention_mask"]) == [REWARD_TOKEN.get(family, "<|im_end|>")]
+    reward_token = REWARD_TOKEN.get(family, "<|im_end|>")
+    assert last_real_token(processor, long["input_ids"], long["attention_mask"]) == [reward_token]
     prompt_tokens = len(processor.tokenizer("a cat", add_special_tokens=False)["input_ids"])
     assert long["input_ids"].shape[1] == short["input_ids"].shape[1] - prompt_tokens + 32
     for key in short.keys() - {"input_ids", "attention_mask", "mm_token_type_ids"}:
@@ -368,7 +370,8 @@ def test_saved_with_the_model_and_loaded_by_auto_processor(tmp_path):
     vlm, vlm_processor = tiny_vlm("llava_next")
     LlavaRewardModel.from_vlm(vlm).save_pretrained(tmp_path)
     LlavaRewardProcessor.from_vlm_processor(vlm_processor).save_pretrained(tmp_path)
-    assert {"config.json", "model.safetensors", "processor_config.json"} <= {path.name for path in Path(tmp_path).iterdir()}
+    saved = {path.name for path in Path(tmp_path).iterdir()}
+    assert {"config.json", "model.safetensors", "processor_config.json"} <= saved
     processor = AutoProcessor.from_pretrained(tmp_path)
     assert isinstance(processor, LlavaRewardProcessor) and processor.family == "llava_next"
 

@@ -77,7 +77,8 @@ def test_a_single_image_of_any_type_gives_one_score(bt_scorer, images):
     image = images[1]
     expected = bt_scorer.score("a cat", [image])
     array = np.array(image)  # writable, as torch.from_numpy wants
-    for single in (image, array, torch.from_numpy(array).permute(2, 0, 1), torch.from_numpy(array).permute(2, 0, 1) / 255):
+    chw = torch.from_numpy(array).permute(2, 0, 1)
+    for single in (image, array, chw, chw / 255):
         scores = bt_scorer.score("a cat", single)
         assert scores.shape == (1,), type(single)  # a CHW tensor is one image, not three channels
         torch.testing.assert_close(scores, expected, atol=1e-5, rtol=0)

@@ -338,7 +338,7 @@ class FileRun:
         return self.summarize()
 
     def score_rows(self, scorer, rows: list[Row]) -> list:
-        """(row, rewards) for the rows that can be scored; a failing batch is retried row by row to name the culprit."""
+        """(row, rewards) of the rows that can be scored; a failing batch is rescored row by row to find its bad row."""
         from modeling_llava_reward.image_inputs import InputError
 
         prepared = []
