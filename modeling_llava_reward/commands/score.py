@@ -338,7 +338,7 @@ class FileRun:
         return self.summarize()
 
     def score_rows(self, scorer, rows: list[Row]) -> list:
-        """(row, rewards) of the rows that can be scored; a failing batch is rescored row by row to find its bad row."""
+        """(row, rewards) of the scorable rows; a failing batch is rescored row by row to find the bad row."""
         from modeling_llava_reward.image_inputs import InputError
 
         prepared = []
