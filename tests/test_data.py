@@ -20,7 +20,8 @@ from trainers.synthetic import colour_square
 from trainers.synthetic import write_colour_task
 
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+# Resolved: the loaders resolve symlinks, and ../shared may itself be one.
+SHARED = (Path(__file__).resolve().parents[2] / "shared" / "data").resolve()
 SAMPLE = SHARED / "llava_reward_sample_test"
 MJBENCH = SHARED / "mjbench_quality"
 needs_shared = pytest.mark.skipif(not SAMPLE.is_dir(), reason="the shared sample data is not next to the repository")
