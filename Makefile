@@ -20,6 +20,9 @@ $(STAMP):
 
 install: $(STAMP)
 
+demo: install
+	$(VENV)/bin/llava-reward demo $(DEMO_ARGS)
+
 test: install
 	$(PY) -m pytest -q
 

@@ -141,7 +141,6 @@ def test_usage_errors_exit_2(run_cli, models, image_files):
     model = str(models["bt"])
     image = str(image_files[0])
     results = run_cli(
-        ["score", "--prompt", "a cat", image],
         ["compare", "--model", model, "--prompt", "a cat", image],
         ["score", "--model", model, "--input", "rows.json", "--prompt", "a cat"],
         ["score", "--model", model, "--prompt", "a cat", image, "--batch-size", "0"],
@@ -150,7 +149,6 @@ def test_usage_errors_exit_2(run_cli, models, image_files):
         ["score", "--model", model, "--prompt", "a cat", image, "--skip-bad"],
     )
     messages = [
-        "the following arguments are required: --model",
         "compare takes exactly two images, IMAGE_A IMAGE_B; got 1",
         "give either --input FILE or --prompt TEXT with IMAGEs, not both",
         "argument --batch-size: expected a positive integer, got '0'",

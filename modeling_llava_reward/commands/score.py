@@ -79,7 +79,9 @@ def register(subparsers) -> None:
 
 
 def _add_shared_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, metavar="PATH", help="a saved reward model: folder or Hub repo id")
+    parser.add_argument(
+        "--model", metavar="PATH", help="a saved reward model: folder or Hub repo id (default: `llava-reward demo`'s)"
+    )
     parser.add_argument("--subfolder", help="the model's subfolder in PATH (e.g. one perspective of a repo)")
     parser.add_argument("--input", metavar="FILE", help="a .json (list of rows) or .jsonl file instead of IMAGEs")
     parser.add_argument("--image-root", metavar="DIR", help="folder the file's image paths are relative to")
@@ -136,6 +138,14 @@ def _load_scorer(args: argparse.Namespace):
         device = torch.device(args.device) if args.device else None
     except RuntimeError as error:
         raise UserInputError(f"--device {args.device}: {error}") from None
+    if args.model is None:  # the default model (score and compare only: evaluate requires --model)
+        from modeling_llava_reward.default_model import DefaultModelError
+        from modeling_llava_reward.default_model import find_default_model
+
+        try:
+            args.model = str(find_default_model())
+        except DefaultModelError as error:
+            raise UserInputError(f"no --model given and {error}") from None
     try:
         return LlavaRewardScorer.from_pretrained(
             args.model, subfolder=args.subfolder, device=device, dtype=args.dtype, progress=_progress(args)

@@ -1,0 +1,141 @@
+"""Measured quality of the default model's configuration and of the paper's ablations, on MJ-Bench fidelity pairs.
+
+Protocol (the demo's, `modeling_llava_reward.default_model.cross_subset`): train on `human`, test on
+`objects_indoor`, and the reverse; accuracy with and without ties, with 95 % bootstrap intervals (1000 replicates),
+and the wall and CPU seconds of each training. Each variant changes one thing of the default recipe
+(`configuration/recipes/default_fidelity.yaml`) or the backbone's image size.
+
+    python benchmarks/default_model_ablations.py                     # every variant not measured yet
+    python benchmarks/default_model_ablations.py --only default linear_head
+    python benchmarks/default_model_ablations.py --list
+
+Results accumulate in `benchmarks/results/default_model_ablations.json` (a finished variant is not run again unless
+`--rerun`), so the script can be stopped and continued. Runs take minutes to an hour each on a 2-core CPU: this is
+a measurement, not part of `make bench`.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+
+REPO_DIR = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_DIR))  # run as `python benchmarks/x.py` from a checkout, installed or not
+RESULTS_FILE = REPO_DIR / "benchmarks" / "results" / "default_model_ablations.json"
+
+# name -> (what changes, recipe overrides, image size or None for the default). In priority order.
+VARIANTS = {
+    "default": ("the default recipe", {}, None),
+    "linear_head": ("linear value head on h, no SkipCA", {"model.head": "linear"}, None),
+    "hidden_layer_20": ("reward read at layer 20 of 30", {"model.hidden_layer": 20}, None),
+    "hidden_layer_30": ("reward read at layer 30 of 30 (the final normed state)", {"model.hidden_layer": -1}, None),
+    "hidden_layer_5": ("reward read at layer 5 of 30", {"model.hidden_layer": 5}, None),
+    "image_224": ("224 px input: 256 visual tokens instead of 64", {}, 224),
+    "gpm": ("GPM objective, 2-D preference embedding", {"training.objective": "gpm", "model.reward_dim": 2}, None),
+    "mean_pooling": ("mean over all tokens instead of the last token", {"model.pooling": "mean"}, None),
+}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", nargs="+", choices=VARIANTS, help="run these variants (default: all)")
+    parser.add_argument("--rerun", action="store_true", help="run variants that already have results again")
+    parser.add_argument("--list", action="store_true", help="list the variants and which have results")
+    parser.add_argument("--data", help="folder of MJ-Bench subset folders (default: as `llava-reward demo` finds it)")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--results", type=Path, default=RESULTS_FILE)
+    parser.add_argument("--keep-models", action="store_true", help="keep the trained models (deleted by default)")
+    args = parser.parse_args()
+
+    results = json.loads(args.results.read_text()) if args.results.is_file() else {"variants": {}}
+    if args.list:
+        for name, (description, overrides, image_size) in VARIANTS.items():
+            status = "measured" if name in results["variants"] else "not measured"
+            print(f"{name:<18} {status:<13} {description}")
+        return 0
+
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from modeling_llava_reward.default_backbone import build_default_backbone
+    from modeling_llava_reward.default_backbone import llava_reward_home
+    from modeling_llava_reward.default_model import IMAGE_SIZE
+    from modeling_llava_reward.default_model import RECIPE
+    from modeling_llava_reward.default_model import cross_subset
+    from modeling_llava_reward.default_model import find_data
+    from modeling_llava_reward.default_model import prepare_data
+
+    data = find_data(args.data)
+    results.update(protocol=__doc__.split("\n\n")[1], recipe=RECIPE.read_text(), data=str(data))
+    for name in args.only or VARIANTS:
+        if name in results["variants"] and not args.rerun:
+            print(f"=== {name}: already measured (--rerun to measure again)", flush=True)
+            continue
+        description, overrides, image_size = VARIANTS[name]
+        print(f"=== {name}: {description}", flush=True)
+        backbone = build_default_backbone(image_size=image_size or IMAGE_SIZE)
+        prepared = prepare_data(data, backbone)
+        work_dir = llava_reward_home() / "ablations" / name
+        started, load_before = time.time(), os.getloadavg()
+        held_out = cross_subset(prepared, backbone, work_dir, overrides=overrides,
+                                say=lambda message: print(f"[{name}] {message}", flush=True))
+        results["variants"][name] = {
+            "description": description,
+            "overrides": overrides,
+            "image_size": image_size or IMAGE_SIZE,
+            "held_out": held_out,
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "wall_seconds": round(time.time() - started, 1),
+            "load_average_before_after": [list(load_before), list(os.getloadavg())],
+            "torch_threads": torch.get_num_threads(),
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        }
+        args.results.parent.mkdir(parents=True, exist_ok=True)
+        args.results.write_text(json.dumps(results, indent=2) + "\n")
+        print(summary_line(name, results["variants"][name]), flush=True)
+        if not args.keep_models:
+            for subset in held_out:
+                shutil.rmtree(work_dir / subset / "model", ignore_errors=True)
+    print(table(results["variants"]))
+    return 0
+
+
+def summary_line(name: str, variant: dict) -> str:
+    parts = [
+        f"{subset}: {held['accuracy_with_ties']:.3f} (train {held['training_seconds']['wall']:.0f} s wall, "
+        f"{held['training_seconds']['cpu']:.0f} s CPU)"
+        for subset, held in variant["held_out"].items()
+    ]
+    return f"{name}: " + "; ".join(parts)
+
+
+def table(variants: dict) -> str:
+    """The markdown table of docs/default-model.md: held-out accuracy per test subset and training CPU minutes."""
+    lines = [
+        "| variant | test human: w/ ties [95% CI] | w/o ties | test objects_indoor: w/ ties [95% CI] | w/o ties "
+        "| training CPU min (both) | load avg |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, variant in variants.items():
+        cells = []
+        for subset in ("human", "objects_indoor"):
+            held = variant["held_out"].get(subset)
+            if held is None:
+                cells += ["-", "-"]
+                continue
+            low, high = held["accuracy_with_ties_ci"]
+            cells += [f"{held['accuracy_with_ties']:.2f} [{low:.2f}, {high:.2f}]", f"{held['accuracy_without_ties']:.2f}"]
+        cpu = sum(held["training_seconds"]["cpu"] for held in variant["held_out"].values()) / 60
+        load = variant["load_average_before_after"]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {cpu:.1f} | {load[0][0]:.1f}-{load[1][0]:.1f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""`llava-reward demo`: build the default backbone, train and evaluate the default fidelity reward model on MJ-Bench
+pairs, score example pairs and print a short report (the model is cached: later runs take seconds).
+
+Example:
+    >>> from modeling_llava_reward.commands import build_parser
+    >>> args = build_parser().parse_args(["demo", "--data", "mjbench_quality", "--max-steps", "2"])
+    >>> (args.data, args.max_steps, args.force)
+    ('mjbench_quality', 2, False)
+"""
+
+import argparse
+
+from .build_backbone import _image_size
+from .score import _positive_int
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "demo",
+        help="train, evaluate and cache the default fidelity reward model on MJ-Bench pairs, then score examples",
+        description=(
+            "Build the default backbone if absent (SmolLM2-135M + DINOv2 ViT-S/14), measure held-out accuracy on "
+            "MJ-Bench's fidelity pairs (train on one subset, test on the other, both ways), train the default model "
+            "on all pairs, save it with its metrics.json and card to $LLAVA_REWARD_HOME/models/fidelity-default, "
+            "score example pairs and print a report. A cached model made from the same recipe, backbone and data is "
+            "reused. Progress goes to stderr, the report to stdout."
+        ),
+    )
+    parser.add_argument(
+        "--data",
+        metavar="DIR",
+        help="folder of MJ-Bench subset folders (default: ../shared/data/mjbench_quality from here or the repository)",
+    )
+    parser.add_argument("--force", action="store_true", help="train again even if a matching model is cached")
+    parser.add_argument(
+        "--image-size", type=_image_size, default=None, metavar="PX", help="backbone input side (default: 112)"
+    )
+    parser.add_argument("--max-steps", type=_positive_int, metavar="N", help="a quick check: N training steps per model")
+    parser.add_argument("--limit", type=_positive_int, metavar="N", help="a quick check: the first N pairs per subset")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or step messages")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..default_backbone import BackboneParityError
+    from ..default_backbone import MissingBackboneDependency
+    from ..default_model import IMAGE_SIZE
+    from ..default_model import DefaultModelError
+    from ..default_model import format_report
+    from ..default_model import run_demo
+    from .errors import UserInputError
+
+    try:
+        result = run_demo(
+            args.data,
+            image_size=args.image_size or IMAGE_SIZE,
+            max_steps=args.max_steps,
+            limit=args.limit,
+            force=args.force,
+            progress=not args.quiet,
+        )
+    except (MissingBackboneDependency, DefaultModelError, BackboneParityError, FileExistsError) as error:
+        raise UserInputError(str(error)) from None
+    print(format_report(result))
+    return 0

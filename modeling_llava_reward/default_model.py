@@ -1,0 +1,528 @@
+"""The default model: a fidelity reward model trained on the default backbone, on MJ-Bench's fidelity pairs.
+
+`llava-reward demo` (`run_demo`) makes it on a CPU in minutes, from pretrained parts found on PyPI:
+
+1. builds the default backbone if absent (`default_backbone.build_default_backbone`, SmolLM2-135M + DINOv2 ViT-S/14);
+2. reads the MJ-Bench quality pairs (`../shared/data/mjbench_quality`: one folder per subset, `human` and
+   `objects_indoor`) and stores each image once at the model's input size, exactly as its image processor would
+   resize and crop it (so that 1024-pixel JPEGs are not decoded again every epoch);
+3. measures held-out accuracy with the cross-subset protocol: for each subset, a model trained on the other subsets
+   (the `configuration/recipes/default_fidelity.yaml` recipe: BT, SkipCA, LoRA + projector + head) is evaluated on
+   it (`evaluation.Evaluation`: accuracy with and without ties, bootstrap intervals);
+4. trains the default model on every pair and saves it, with its `metrics.json` and model card, to
+   ``$LLAVA_REWARD_HOME/models/fidelity-default`` (`default_model_dir()`), loadable by
+   `LlavaRewardScorer.from_pretrained`;
+5. scores example pairs and returns a report (`format_report`).
+
+The saved model records a fingerprint of everything it was made from (recipe, settings, backbone, data, package
+version): a later run with the same inputs reuses it and only scores the examples.
+
+Example:
+    >>> import os
+    >>> from modeling_llava_reward.default_model import default_model_dir
+    >>> os.environ["LLAVA_REWARD_HOME"] = "/tmp/llava-reward-home"
+    >>> default_model_dir().as_posix()
+    '/tmp/llava-reward-home/models/fidelity-default'
+"""
+
+import contextlib
+import dataclasses
+import hashlib
+import importlib.metadata
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from .default_backbone import llava_reward_home
+from .default_backbone import read_build_info
+
+
+MODEL_NAME = "fidelity-default"
+IMAGE_SIZE = 112  # the default backbone's input side for the demo: 64 visual tokens (see docs/default-model.md)
+RECIPE = Path(__file__).resolve().parents[1] / "configuration" / "recipes" / "default_fidelity.yaml"
+DATA_FLAG = "--data"
+# Where the MJ-Bench quality pairs are looked for, relative to the working directory and to the repository root.
+DATA_SEARCH = ("../shared/data/mjbench_quality", "shared/data/mjbench_quality")
+REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
+FINGERPRINT_FILE = "fingerprint.json"
+METRICS_FILE = "metrics.json"
+CARD_FILE = "README.md"
+EXAMPLES_PER_SUBSET = 2
+
+
+class DefaultModelError(ValueError):
+    """The demo cannot run as asked (data missing or malformed, a settings conflict); the message says what to do."""
+
+
+def default_model_dir() -> Path:
+    """Where `llava-reward demo` leaves the default model: ``$LLAVA_REWARD_HOME/models/fidelity-default``."""
+    return llava_reward_home() / "models" / MODEL_NAME
+
+
+def find_data(data=None) -> Path:
+    """The folder of MJ-Bench subset folders to train on: `data`, or the first of `DATA_SEARCH` found from the
+    working directory or the repository root. Raises `DefaultModelError` naming the places looked at."""
+    if data is not None:
+        path = Path(data).expanduser()
+        if not path.is_dir():
+            raise DefaultModelError(f"{DATA_FLAG} {data}: no such folder.")
+        return path.resolve()
+    candidates = [base / relative for relative in DATA_SEARCH for base in (Path.cwd(), REPOSITORY_ROOT)]
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate.resolve()
+    looked = ", ".join(sorted({str(candidate.resolve()) for candidate in candidates}))
+    raise DefaultModelError(
+        f"MJ-Bench quality pairs not found (looked in {looked}): pass {DATA_FLAG} DIR, a folder with one folder per "
+        "MJ-Bench subset (e.g. human/, objects_indoor/), each holding a captions JSON and its examples_* images."
+    )
+
+
+# ---- data ---------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class PreparedData:
+    """The pairs at the model's input size: an MJ-Bench folder per subset (for `evaluation`) and training files."""
+
+    root: Path
+    subsets: dict[str, Path]  # subset name -> its MJ-Bench folder (captions JSON + examples_<name>/)
+    fingerprint: str  # of the source data as read (captions, image paths, sizes, modification times)
+    num_pairs: dict[str, int]
+
+    def training_file(self, subsets) -> Path:
+        """A pairs JSON (prompt, chosen, rejected; absolute paths) holding the pairs of `subsets`."""
+        name = "+".join(sorted(subsets))
+        path = self.root.parent / f"{self.root.name}-pairs" / f"{name}.json"
+        if not path.is_file():
+            rows = [row for subset in sorted(subsets) for row in _pairs_of(self.subsets[subset])]
+            _write_json(path, rows)
+        return path
+
+
+def read_pairs(data: Path, limit: int | None = None):
+    """The MJ-Bench rows of every subset folder under `data` (`evaluation.benchmarks.read_benchmark`), grouped by
+    subset; at least two subsets are needed (each is held out in turn)."""
+    from evaluation.benchmarks import read_benchmark
+
+    from .image_inputs import InputError
+
+    try:
+        rows = read_benchmark("mjbench", data, limit=limit)
+    except InputError as error:
+        raise DefaultModelError(f"{DATA_FLAG} {data}: {error}") from None
+    if rows.bad_rows:
+        raise DefaultModelError(f"{DATA_FLAG} {data}: {rows.bad_rows[0]} ({len(rows.bad_rows)} bad rows).")
+    subsets = {}
+    for item in rows.items:
+        subsets.setdefault(item.subset, []).append(item)
+    if len(subsets) < 2 or "" in subsets:
+        raise DefaultModelError(
+            f"{DATA_FLAG} {data}: the cross-subset protocol needs a folder of at least two MJ-Bench subset folders "
+            f"(e.g. human/ and objects_indoor/), found {sorted(subsets) or 'none'}."
+        )
+    return subsets
+
+
+def prepare_data(data: Path, base_model: Path, *, limit: int | None = None, progress: bool = True,
+                 subsets: dict | None = None) -> PreparedData:
+    """Store every image of `data` once, resized and cropped by `base_model`'s image processor, under
+    ``$LLAVA_REWARD_HOME/data``; reused when the source data has not changed. `subsets`: `read_pairs(data, limit)`
+    if already read.
+
+    The stored images are what the processor makes of the originals (lossless PNG), and the processor leaves them
+    unchanged: training and evaluation on them equal training and evaluation on the originals, without decoding
+    and resizing 1024-pixel JPEGs at every epoch.
+    """
+    from transformers import AutoImageProcessor
+
+    subsets = subsets or read_pairs(data, limit)
+    image_processor = AutoImageProcessor.from_pretrained(base_model)
+    size = image_processor.crop_size
+    fingerprint = _fingerprint(
+        {"items": [[item.id, item.prompts, *map(_file_stamp, item.images)] for items in subsets.values() for item in items],
+         "image_processor": image_processor.to_dict()}
+    )
+    root = llava_reward_home() / "data" / f"{data.name}-{size['width']}x{size['height']}-{fingerprint[:12]}"
+    prepared = PreparedData(root, {name: root / name for name in subsets}, fingerprint,
+                            {name: len(items) for name, items in subsets.items()})
+    if (root / FINGERPRINT_FILE).is_file():
+        return prepared
+    from tqdm.auto import tqdm
+
+    staging = _staging_dir(root)
+    try:
+        for name, items in subsets.items():
+            _write_subset(staging / name, name, items, image_processor, tqdm, progress)
+        _write_json(staging / FINGERPRINT_FILE, {"source": str(data), "fingerprint": fingerprint})
+        _replace(staging, root)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return prepared
+
+
+def _write_subset(folder: Path, name: str, items: list, image_processor, tqdm, progress: bool) -> None:
+    images = folder / f"examples_{name.replace('/', '_')}"
+    images.mkdir(parents=True)
+    rows = []
+    for index, item in enumerate(tqdm(items, desc=f"resizing {name}", unit="pair", disable=not progress)):
+        stored = []
+        for image, role in zip(item.images, ("chosen", "rejected")):
+            file_name = f"{index:05d}_{role}_{Path(image).stem}.png"
+            _processed_image(image, image_processor).save(images / file_name)
+            stored.append(file_name)
+        rows.append({"caption": item.prompts[0], "image_0": stored[0], "image_1": stored[1], "label_0": 1,
+                     "source_row": item.id})
+    _write_json(folder / f"captions_{name.replace('/', '_')}.json", rows)
+
+
+def _processed_image(path: str, image_processor):
+    """The image as the model sees it before normalisation: resized and cropped by `image_processor`, as uint8."""
+    from PIL import Image
+
+    from .image_inputs import load_image
+
+    array = image_processor(images=[load_image(path)], do_rescale=False, do_normalize=False, return_tensors="np")
+    return Image.fromarray(array["pixel_values"][0].round().astype("uint8").transpose(1, 2, 0))
+
+
+def _pairs_of(subset_dir: Path) -> list[dict]:
+    from trainers.data import load_preference_data
+
+    dataset = load_preference_data(next(subset_dir.glob("captions_*.json")))
+    return [{"prompt": row["prompt"], "chosen": row["chosen"], "rejected": row["rejected"]} for row in dataset]
+
+
+# ---- training and evaluation --------------------------------------------------------------------------------------
+
+
+def train_reward_model(
+    base_model: Path, train_file: Path, output_dir: Path, *, recipe: Path = RECIPE, overrides: dict | None = None,
+    progress: bool = True,
+) -> dict:
+    """Train the recipe's reward model on `train_file` into `output_dir`; returns the wall and CPU seconds taken."""
+    from trainers.train import load_recipe
+    from trainers.train import train
+
+    settings = {
+        "model.base_model": str(base_model),
+        "data.train": str(train_file),
+        "training.output_dir": str(output_dir),
+        "training.disable_tqdm": not progress,
+        **(overrides or {}),
+    }
+    with _timed() as seconds:
+        train(load_recipe(recipe, settings))
+    (Path(output_dir) / "training_args.bin").unlink(missing_ok=True)  # a pickle; the settings are in metrics.json
+    return seconds
+
+
+def evaluate_reward_model(model_dir: Path, subset_dir: Path, output_dir: Path, *, progress: bool = True) -> dict:
+    """`evaluation.Evaluation` of the model in `model_dir` on one MJ-Bench subset folder; returns its metrics."""
+    from evaluation import Evaluation
+
+    from .scoring import LlavaRewardScorer
+
+    with _timed() as seconds:
+        scorer = LlavaRewardScorer.from_pretrained(model_dir)
+        metrics = Evaluation("mjbench", subset_dir, output_dir).run(
+            scorer, model=str(model_dir), overwrite=True, progress=progress
+        )
+    return {**metrics, "seconds": seconds}
+
+
+def cross_subset(prepared: PreparedData, base_model: Path, work_dir: Path, *, recipe: Path = RECIPE,
+                 overrides: dict | None = None, progress: bool = True, say=lambda message: None) -> dict:
+    """Hold out each subset in turn: train on the others, evaluate on it. Returns `{subset: result}`."""
+    results = {}
+    for held_out in prepared.subsets:
+        others = [name for name in prepared.subsets if name != held_out]
+        model_dir = work_dir / held_out / "model"
+        say(f"cross-subset: training on {' + '.join(others)} ({sum(prepared.num_pairs[n] for n in others)} pairs), "
+            f"holding out {held_out}")
+        training = train_reward_model(base_model, prepared.training_file(others), model_dir, recipe=recipe,
+                                      overrides=overrides, progress=progress)
+        say(f"cross-subset: evaluating on {held_out} ({prepared.num_pairs[held_out]} pairs)")
+        metrics = evaluate_reward_model(model_dir, prepared.subsets[held_out], work_dir / held_out / "evaluation",
+                                        progress=progress)
+        results[held_out] = {"trained_on": others, "training_seconds": training,
+                             "evaluation_seconds": metrics["seconds"], **metrics["results"]["overall"]}
+    return results
+
+
+# ---- the demo -----------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class DemoResult:
+    model_dir: Path
+    metrics: dict  # the model's metrics.json
+    examples: list[dict]  # scored example pairs
+    reused: bool  # the model was found in the cache
+    seconds: float
+
+
+def run_demo(
+    data=None,
+    *,
+    image_size: int = IMAGE_SIZE,
+    max_steps: int | None = None,
+    limit: int | None = None,
+    force: bool = False,
+    progress: bool = True,
+) -> DemoResult:
+    """Build the backbone if needed, measure held-out accuracy, train and save the default model, score examples.
+
+    Args:
+        data: the folder of MJ-Bench subset folders (default: `find_data()`).
+        image_size: input side of the backbone in pixels (a multiple of 14).
+        max_steps: train for this many steps instead of the recipe's epochs (a quick check).
+        limit: only the first `limit` pairs of each subset (a quick check).
+        force: train again even if a default model made from the same inputs is cached.
+        progress: progress bars and step messages on stderr.
+
+    A model made with `max_steps` or `limit` is a quick check, not the default model: it is saved (and reused) like
+    one, and its metrics.json says how it was made.
+    """
+    from .default_backbone import build_default_backbone
+
+    start = time.perf_counter()
+    say = _reporter(progress, start)
+    data = find_data(data)
+    subsets = read_pairs(data, limit)  # bad data fails here, before the backbone is built
+    backbone = build_default_backbone(image_size=image_size, progress=progress)
+    say(f"storing the {sum(map(len, subsets.values()))} MJ-Bench pairs of {data} at the model's input size")
+    prepared = prepare_data(data, backbone, limit=limit, progress=progress, subsets=subsets)
+    overrides = {"training.max_steps": max_steps} if max_steps else {}
+    settings = {"recipe": RECIPE.read_text(), "overrides": overrides, "image_size": image_size, "limit": limit,
+                "backbone": _backbone_identity(backbone), "data": prepared.fingerprint,
+                "package_version": importlib.metadata.version("llava-reward")}
+    fingerprint = _fingerprint(settings)
+    model_dir = default_model_dir()
+    reused = not force and _cached_fingerprint(model_dir) == fingerprint
+    if reused:
+        say(f"reusing the default model in {model_dir} (made from the same recipe, backbone and data)")
+    else:
+        _make_default_model(prepared, backbone, model_dir, settings, fingerprint, overrides, progress, say)
+    metrics = json.loads((model_dir / METRICS_FILE).read_text())
+    say("scoring example pairs with the default model")
+    examples = score_examples(model_dir, prepared)
+    return DemoResult(model_dir, metrics, examples, reused, time.perf_counter() - start)
+
+
+def _make_default_model(prepared, backbone, model_dir, settings, fingerprint, overrides, progress, say) -> None:
+    staging = _staging_dir(model_dir)
+    try:
+        held_out = cross_subset(prepared, backbone, staging / "cross-subset", overrides=overrides, progress=progress,
+                                say=say)
+        say(f"training the default model on all {sum(prepared.num_pairs.values())} pairs")
+        training = train_reward_model(backbone, prepared.training_file(prepared.subsets), staging, overrides=overrides,
+                                      progress=progress)
+        metrics = {
+            "model": MODEL_NAME,
+            "fingerprint": fingerprint,
+            "protocol": "cross-subset: each subset scored by a model trained on the other subsets only",
+            "held_out": held_out,
+            "trained_on": {name: prepared.num_pairs[name] for name in prepared.subsets},
+            "training_seconds": training,
+            "settings": {key: value for key, value in settings.items() if key != "recipe"},
+            "recipe": _recipe_settings(),
+            "data": str(prepared.root),
+        }
+        _write_json(staging / METRICS_FILE, metrics)
+        write_card(staging, metrics)
+        _write_json(staging / FINGERPRINT_FILE, {"fingerprint": fingerprint})  # last: the folder is complete
+        _replace(staging, model_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    say(f"saved the default model to {model_dir}")
+
+
+def score_examples(model_dir: Path, prepared: PreparedData, per_subset: int = EXAMPLES_PER_SUBSET) -> list[dict]:
+    """P(original preferred over edited) from the saved default model for the first pairs of each subset."""
+    from .scoring import LlavaRewardScorer
+
+    scorer = LlavaRewardScorer.from_pretrained(model_dir, progress=False)
+    examples = []
+    for name, folder in prepared.subsets.items():
+        for pair in _pairs_of(folder)[:per_subset]:
+            probability = scorer.compare(pair["prompt"], pair["chosen"], pair["rejected"])
+            examples.append({"subset": name, **pair, "p_chosen": probability})
+    return examples
+
+
+def find_default_model() -> Path:
+    """The folder of the default model; `DefaultModelError` giving the one command that creates it when absent."""
+    model_dir = default_model_dir()
+    if not (model_dir / FINGERPRINT_FILE).is_file():
+        raise DefaultModelError(f"no default model in {model_dir}: create it with `llava-reward demo`.")
+    return model_dir
+
+
+# ---- the report and the card --------------------------------------------------------------------------------------
+
+
+def format_report(result: DemoResult) -> str:
+    """The demo's closing report: held-out accuracy beside published baselines, the model, the scored examples."""
+    from evaluation import load_references
+
+    metrics = result.metrics
+    baselines = _baselines(load_references("mjbench"), ("PickScore", "HPS v2.1", "ImageReward"))
+    lines = [
+        f"LLaVA-Reward default model: fidelity reward, {_describe(metrics)}",
+        "",
+        "Held-out accuracy (cross-subset: each subset scored by a model trained only on the other one; 95% bootstrap):",
+        f"  {'subset':<16}{'pairs':>6}  {'w/ ties':<22}{'w/o ties':<22}" + "".join(f"{name:>13}" for name in baselines),
+    ]
+    for subset, held in metrics["held_out"].items():
+        lines.append(
+            f"  {subset:<16}{held['num_pairs']:>6}  {_with_interval(held, 'accuracy_with_ties'):<22}"
+            f"{_with_interval(held, 'accuracy_without_ties'):<22}"
+            + "".join(f"{_number(baselines[name].get(subset)):>13}" for name in baselines)
+        )
+    lines += [
+        "  (published baselines: accuracy with ties, MJ-Bench, arXiv 2407.04842)",
+        "",
+        f"Default model, trained on all {sum(metrics['trained_on'].values())} pairs "
+        f"({_minutes(metrics['training_seconds']['wall'])} of training): {result.model_dir}",
+        "Example pairs (original vs edited copy; these pairs are in the default model's training data):",
+    ]
+    for example in result.examples:
+        lines.append(f"  [{example['subset']}] P(original preferred) = {example['p_chosen']:.3f}   \"{_short(example['prompt'])}\"")
+    source = "reused from the cache" if result.reused else "made in this run"
+    lines += [
+        "",
+        f"Model {source}; this run took {_minutes(result.seconds)}.",
+        "Score your own images:  llava-reward score --prompt \"a cat on a sofa\" image1.png image2.png",
+        "                        llava-reward compare --prompt \"a cat on a sofa\" a.png b.png",
+    ]
+    return "\n".join(lines)
+
+
+def write_card(model_dir: Path, metrics: dict) -> None:
+    """The default model's card (README.md): `hub_cards`' perspective card with the held-out results as metrics."""
+    from hub_cards.cards import render_perspective_card
+
+    held_out = [
+        {"benchmark": "mjbench", "dataset_name": f"{subset} (held out)",
+         "results": {"overall": {key: value for key, value in held.items() if key.startswith(("accuracy", "num"))}}}
+        for subset, held in metrics["held_out"].items()
+    ]
+    card = render_perspective_card(
+        model_dir, repo_id=str(model_dir.parent), subfolder=MODEL_NAME, metrics=held_out, recipe=_recipe_settings(),
+        license="apache-2.0",
+    )
+    card.save(model_dir / CARD_FILE)
+
+
+# ---- helpers ------------------------------------------------------------------------------------------------------
+
+
+def _describe(metrics: dict) -> str:
+    model, training = metrics["recipe"]["model"], metrics["recipe"]["training"]
+    return (
+        f"SmolLM2-135M + DINOv2 ViT-S/14 at {metrics['settings']['image_size']} px, {training['objective'].upper()}, "
+        f"{'SkipCA' if model['head'] == 'skipca' else 'linear head'}, layer {model['hidden_layer']}, "
+        f"LoRA r{training['lora_r']} + projector + head"
+    )
+
+
+def _baselines(references: list[dict], models: tuple[str, ...]) -> dict[str, dict[str, float]]:
+    table = {model: {} for model in models}
+    for row in references:
+        if row["model"] in table and row["metric"] == "accuracy_with_ties":
+            table[row["model"]][row["subset"]] = row["value"]
+    return table
+
+
+def _with_interval(results: dict, key: str) -> str:
+    interval = results.get(f"{key}_ci")
+    if results.get(key) is None:
+        return "n/a"
+    return f"{results[key]:.3f}" + (f" [{interval[0]:.2f}, {interval[1]:.2f}]" if interval else "")
+
+
+def _number(value) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _short(text: str, width: int = 60) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+
+
+def _recipe_settings() -> dict:
+    import yaml
+
+    return yaml.safe_load(RECIPE.read_text())
+
+
+def _backbone_identity(backbone: Path) -> dict:
+    info = read_build_info(backbone) or {}
+    return {key: info.get(key) for key in ("format", "name", "image_size", "sources", "projector_seed")}
+
+
+def _cached_fingerprint(model_dir: Path) -> str | None:
+    try:
+        return json.loads((model_dir / FINGERPRINT_FILE).read_text())["fingerprint"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _file_stamp(path: str) -> list:
+    stat = os.stat(path)
+    return [path, stat.st_size, stat.st_mtime_ns]
+
+
+def _fingerprint(payload) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _write_json(path: Path, payload) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+
+
+def _staging_dir(target: Path) -> Path:
+    """An empty folder beside `target` (same file system: the final rename is atomic)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.with_name(f".{target.name}.staging-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    return staging
+
+
+def _replace(staging: Path, target: Path) -> None:
+    """Move the finished `staging` folder to `target`, replacing what is there."""
+    if target.exists():
+        retired = target.with_name(f".{target.name}.replaced-{os.getpid()}")
+        target.rename(retired)
+        staging.rename(target)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        staging.rename(target)
+
+
+@contextlib.contextmanager
+def _timed():
+    """Yields a dict filled, on exit, with the wall and CPU (this process, all threads) seconds of the block."""
+    seconds = {}
+    wall, cpu = time.perf_counter(), time.process_time()
+    try:
+        yield seconds
+    finally:
+        seconds.update(wall=round(time.perf_counter() - wall, 1), cpu=round(time.process_time() - cpu, 1))
+
+
+def _reporter(progress: bool, start: float):
+    def say(message: str) -> None:
+        if progress:
+            print(f"[llava-reward demo {time.perf_counter() - start:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+    return say

