@@ -35,9 +35,13 @@ VARIANTS = {
     "hidden_layer_20": ("reward read at layer 20 of 30", {"model.hidden_layer": 20}, None),
     "hidden_layer_30": ("reward read at layer 30 of 30 (the final normed state)", {"model.hidden_layer": -1}, None),
     "hidden_layer_5": ("reward read at layer 5 of 30", {"model.hidden_layer": 5}, None),
-    "image_224": ("224 px input: 256 visual tokens instead of 64", {}, 224),
+    "hidden_layer_2": ("reward read at layer 2 of 30", {"model.hidden_layer": 2}, None),
+    "hidden_layer_5_epochs_6": (
+        "layer 5, 6 epochs (the default's training cost)", {"model.hidden_layer": 5, "training.num_train_epochs": 6}, None
+    ),
     "gpm": ("GPM objective, 2-D preference embedding", {"training.objective": "gpm", "model.reward_dim": 2}, None),
     "mean_pooling": ("mean over all tokens instead of the last token", {"model.pooling": "mean"}, None),
+    "image_224": ("224 px input: 256 visual tokens instead of 64", {}, 224),
 }
 
 
@@ -96,14 +100,23 @@ def main() -> int:
             "torch_threads": torch.get_num_threads(),
             "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         }
-        args.results.parent.mkdir(parents=True, exist_ok=True)
-        args.results.write_text(json.dumps(results, indent=2) + "\n")
+        save_variant(args.results, results, name)
         print(summary_line(name, results["variants"][name]), flush=True)
         if not args.keep_models:
             for subset in held_out:
                 shutil.rmtree(work_dir / subset / "model", ignore_errors=True)
     print(table(results["variants"]))
     return 0
+
+
+def save_variant(path: Path, results: dict, name: str) -> None:
+    """Add variant `name` of `results` to the file at `path`, keeping what other runs wrote there meanwhile."""
+    saved = json.loads(path.read_text()) if path.is_file() else {"variants": {}}
+    saved.update({key: value for key, value in results.items() if key != "variants"})
+    saved["variants"][name] = results["variants"][name]
+    results["variants"] = saved["variants"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(saved, indent=2) + "\n")
 
 
 def summary_line(name: str, variant: dict) -> str:
