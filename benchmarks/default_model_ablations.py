@@ -2,8 +2,8 @@
 
 Protocol (the demo's, `modeling_llava_reward.default_model.cross_subset`): train on `human`, test on
 `objects_indoor`, and the reverse; accuracy with and without ties, with 95 % bootstrap intervals (1000 replicates),
-and the wall and CPU seconds of each training. Each variant changes one thing of the default recipe
-(`configuration/recipes/default_fidelity.yaml`) or the backbone's image size.
+and the wall and CPU seconds of each training. Each variant changes the default recipe
+(`configuration/recipes/default_fidelity.yaml`) or the backbone's image size as listed in VARIANTS.
 
     python benchmarks/default_model_ablations.py                     # every variant not measured yet
     python benchmarks/default_model_ablations.py --only default linear_head
@@ -28,20 +28,28 @@ REPO_DIR = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_DIR))  # run as `python benchmarks/x.py` from a checkout, installed or not
 RESULTS_FILE = REPO_DIR / "benchmarks" / "results" / "default_model_ablations.json"
 
-# name -> (what changes, recipe overrides, image size or None for the default). In priority order.
+# name -> (what changes, recipe overrides, image size or None for the default). The recipe reads layer 5 of 30 and
+# trains 78 steps (6 epochs of a 100-pair subset); "3 epochs" is 39 steps. Every variant spells out what it changes
+# so the measured configuration is reproduced whatever the recipe says later.
+THREE_EPOCHS = {"training.max_steps": 39}
+LAYER_10 = {"model.hidden_layer": 10, **THREE_EPOCHS}  # the first default (recipe before the layer-5 measurements)
 VARIANTS = {
-    "default": ("the default recipe", {}, None),
-    "linear_head": ("linear value head on h, no SkipCA", {"model.head": "linear"}, None),
-    "hidden_layer_20": ("reward read at layer 20 of 30", {"model.hidden_layer": 20}, None),
-    "hidden_layer_30": ("reward read at layer 30 of 30 (the final normed state)", {"model.hidden_layer": -1}, None),
-    "hidden_layer_5": ("reward read at layer 5 of 30", {"model.hidden_layer": 5}, None),
-    "hidden_layer_2": ("reward read at layer 2 of 30", {"model.hidden_layer": 2}, None),
-    "hidden_layer_5_epochs_6": (
-        "layer 5, 6 epochs (the default's training cost)", {"model.hidden_layer": 5, "training.num_train_epochs": 6}, None
-    ),
-    "gpm": ("GPM objective, 2-D preference embedding", {"training.objective": "gpm", "model.reward_dim": 2}, None),
-    "mean_pooling": ("mean over all tokens instead of the last token", {"model.pooling": "mean"}, None),
-    "image_224": ("224 px input: 256 visual tokens instead of 64", {}, 224),
+    "default": ("the default recipe: layer 5, 78 steps", {}, None),
+    "steps_52": ("layer 5, 52 steps (4 epochs)", {"training.max_steps": 52}, None),
+    "steps_39": ("layer 5, 39 steps (3 epochs)", THREE_EPOCHS, None),
+    "steps_39_lr_1e-3": ("layer 5, 39 steps, learning rate 1e-3", {**THREE_EPOCHS, "training.learning_rate": 1.0e-3},
+                         None),
+    "hidden_layer_2": ("reward read at layer 2 of 30, 39 steps", {**THREE_EPOCHS, "model.hidden_layer": 2}, None),
+    "hidden_layer_10": ("reward read at layer 10 of 30, 39 steps", LAYER_10, None),
+    "hidden_layer_20": ("reward read at layer 20 of 30, 39 steps", {**LAYER_10, "model.hidden_layer": 20}, None),
+    "hidden_layer_30": ("reward read at layer 30 of 30 (the final normed state), 39 steps",
+                        {**LAYER_10, "model.hidden_layer": -1}, None),
+    "linear_head": ("linear value head on h, no SkipCA (layer 10, 39 steps)", {**LAYER_10, "model.head": "linear"}, None),
+    "gpm": ("GPM objective, 2-D preference embedding (layer 10, 39 steps)",
+            {**LAYER_10, "training.objective": "gpm", "model.reward_dim": 2}, None),
+    "mean_pooling": ("mean over all tokens instead of the last token (layer 10, 39 steps)",
+                     {**LAYER_10, "model.pooling": "mean"}, None),
+    "image_224": ("224 px input: 256 visual tokens instead of 64 (layer 5, 78 steps)", {}, 224),
 }
 
 

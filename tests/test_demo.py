@@ -94,7 +94,9 @@ def test_stored_images_are_what_the_processor_makes_of_the_originals(in_home):
     from transformers import AutoImageProcessor
 
     processor = AutoImageProcessor.from_pretrained(in_home / "backbones" / backbone_name(112))
-    prepared = next((in_home / "data").glob("mjbench_quality-112x112-*"))
+    # The prepared folder (it holds the fingerprint), not its sibling `...-pairs` folder of training files.
+    prepared = next(path for path in (in_home / "data").glob("mjbench_quality-112x112-*")
+                    if (path / default_model.FINGERPRINT_FILE).is_file())
     row = json.loads(next((prepared / "human").glob("captions_*.json")).read_text())[0]
     stored = next((prepared / "human").glob("examples_*")) / row["image_1"]
     original = DATA / "human" / "examples_human" / "human_0_edited_face.jpg"
