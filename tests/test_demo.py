@@ -86,6 +86,7 @@ def test_demo_builds_trains_evaluates_and_reports(demo_home):
     assert metrics["settings"]["overrides"] == {"training.max_steps": 2} and metrics["settings"]["limit"] == 4
     card = (model_dir / "README.md").read_text()
     assert "fidelity" in card and "objects_indoor (held out)" in card
+    assert "## About this default model" in card and "docs/default-model.md" in card
     assert {"config.json", "reward_head.safetensors", "adapter_model.safetensors"} <= {p.name for p in model_dir.iterdir()}
     assert not list(model_dir.rglob("*.bin"))  # no pickles in the cached model
 
