@@ -5,12 +5,16 @@ EvalAlign): `LlavaForConditionalGeneration.generate` answering an evaluation ins
 exactly 32 new tokens (`min_new_tokens=max_new_tokens=32`) with the KV cache. `ours`: one `LlavaRewardModel`
 forward on the reward text. The reward model wraps the generator's own base model, so both run the same weights.
 `judge, 1 token` is the same call stopped after its first token (the prefill): (judge - prefill) / 31 is the cost
-of one decoding step, which bounds the ratio. Inputs are processed beforehand: the timings compare model calls.
-Target: judge / ours >= 10.
+of one decoding step, which bounds the ratio. `ours, layer k` (default backbone only) is the reward read at the
+layer the default model reads (`configuration/recipes/default_fidelity.yaml`): a judge needs every layer to
+generate, a reward model needs the layers up to the one it reads. Inputs are processed beforehand: the timings
+compare model calls. Target: judge / ours >= 10.
 
     python benchmarks/bench_generative_judge.py            # tiny model and the default backbone
     python benchmarks/bench_generative_judge.py --quick    # smoke run
 """
+
+import copy
 
 import torch
 
@@ -43,7 +47,7 @@ def judge_inputs(processor, captions: list[str], images: list):
 
 
 def main():
-    args = parse_args(__doc__.splitlines()[0], dict(batch_sizes="1,2"), batch_sizes="1,8", image_size=112)
+    args = parse_args(__doc__.splitlines()[0], dict(batch_sizes="1,2"), batch_sizes="1,4", image_size=112)
     report = Report("generative_judge", __doc__.splitlines()[0], args)
     batch_sizes = [int(size) for size in args.batch_sizes.split(",")]
     captions, images = scoring_inputs(max(batch_sizes), args.input_px)
@@ -51,6 +55,9 @@ def main():
         if backbone.name != "tiny":
             backbone.set_image_size(args.image_size)
         model = backbone.reward_model()
+        early_layer = backbone.default_model_layer()
+        # A copy: a reward model built with `hidden_layer` drops the later layers of the VLM it is given.
+        early_model = backbone.reward_model(copy.deepcopy(backbone.vlm), hidden_layer=early_layer) if early_layer else None
         processor = backbone.reward_processor()
         backbone.processor.tokenizer.padding_side = "left"  # batched generation needs left padding
         for batch_size in batch_sizes:
@@ -75,7 +82,10 @@ def main():
             def run_ours():
                 model(**reward_inputs)
 
-            results = measure({"judge": judge(NEW_TOKENS), "judge, 1 token": judge(1), "ours": run_ours}, args)
+            alternatives = {"judge": judge(NEW_TOKENS), "judge, 1 token": judge(1), "ours": run_ours}
+            if early_model is not None:
+                alternatives[f"ours, layer {early_layer}"] = torch.inference_mode()(lambda: early_model(**reward_inputs))
+            results = measure(alternatives, args)
             step = (results["judge"]["median_s"] - results["judge, 1 token"]["median_s"]) / (NEW_TOKENS - 1)
             row = report.add(
                 model=backbone.name,
@@ -87,6 +97,8 @@ def main():
                 speedup=ratio(results["judge"], results["ours"]),
                 decoding_step_s=step,
                 prefill_over_ours=ratio(results["judge, 1 token"], results["ours"]),
+                early_layer=early_layer,
+                speedup_early=ratio(results["judge"], results[f"ours, layer {early_layer}"]) if early_layer else None,
             )
             print(row["model"], batch_size, {k: round(v["median_s"], 4) for k, v in results.items()}, flush=True)
     report.write(
@@ -98,9 +110,17 @@ def main():
             "judge, 1 token s": lambda row: seconds(row["results"]["judge, 1 token"]),
             "decoding step s": lambda row: row["decoding_step_s"],
             "judge/ours (target >= 10)": lambda row: row["speedup"],
+            "ours at the default model's layer: s, judge/ours": early_exit_cell,
             "peak MB judge / ours": lambda row: " / ".join(megabytes(row["results"][n]) for n in ("judge", "ours")),
         }
     )
+
+
+def early_exit_cell(row: dict) -> str:
+    layer = row["early_layer"]
+    if layer is None:
+        return "n/a (all layers)"
+    return f"layer {layer}: {seconds(row['results'][f'ours, layer {layer}'])}, {row['speedup_early']:.3g}"
 
 
 if __name__ == "__main__":

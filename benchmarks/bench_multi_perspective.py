@@ -1,8 +1,10 @@
-"""Item 5 - multi-perspective: K = 1..4 perspectives on one base (`load_perspectives`) vs K separate scorers.
+"""Item 5 - multi-perspective: K of 4 perspectives on one base (`load_perspectives`) vs K separate scorers.
 
-Four perspective bundles (alignment, fidelity, safety, overall) are written on the same base checkpoint, as
-`llava-reward train` writes them: a LoRA adapter (the trainer's `prepare_for_training` defaults, with random
-non-zero up-projections standing in for training), projector, SkipCA and value head. `separate` loads K bundles
+Up to four perspective bundles (alignment, fidelity, safety, overall) are written on the same base checkpoint, as
+`llava-reward train` writes them: a LoRA adapter (`prepare_for_training`, rank `--lora-r`, by default the default
+model's recipe's 16, with random non-zero up-projections standing in for training), projector, SkipCA and value
+head. An unmerged adapter costs the base's compute times about (1 + r (d_in + d_out) / (d_in d_out)) per linear:
+the rank decides how `one base` compares with merged `separate` scorers (`--lora-r 128` is the paper's). `separate` loads K bundles
 with `LlavaRewardScorer.from_pretrained` (K copies of the base, LoRA merged into each) and scores the images with
 each in turn; `one base` loads them with `hub_cards.perspectives.load_perspectives` (one base, LoRA adapters kept
 apart and switched per perspective, the vision encoder run once) and scores all perspectives in one call. Both
@@ -20,6 +22,7 @@ from pathlib import Path
 import torch
 
 from common import Report
+from common import default_recipe
 from common import load_backbones
 from common import measure
 from common import megabytes
@@ -34,15 +37,17 @@ from common import shown
 PERSPECTIVES = ("alignment", "fidelity", "safety", "overall")
 
 
-def write_bundles(base_dir: Path, processor, folder: Path, perspectives: tuple[str, ...]):
-    """One LoRA adapter bundle per perspective on the checkpoint at `base_dir`, in `folder/<perspective>`."""
+def write_bundles(base_dir: Path, processor, folder: Path, perspectives: tuple[str, ...], lora_r: int):
+    """One LoRA adapter bundle (rank `lora_r`) per perspective on the checkpoint at `base_dir`, in `folder/<name>`."""
     from modeling_llava_reward import LlavaRewardModel
     from modeling_llava_reward.bundle import save_reward_bundle
     from trainers.trainer import LlavaRewardTrainingConfig
     from trainers.trainer import prepare_for_training
 
     with tempfile.TemporaryDirectory() as output_dir:
-        config = LlavaRewardTrainingConfig(output_dir=output_dir, tuning="lora", use_cpu=True, report_to=[])
+        config = LlavaRewardTrainingConfig(
+            output_dir=output_dir, tuning="lora", lora_r=lora_r, lora_alpha=2 * lora_r, use_cpu=True, report_to=[]
+        )
     for seed, name in enumerate(perspectives):
         torch.manual_seed(seed)
         model = prepare_for_training(LlavaRewardModel.from_vlm(str(base_dir), perspective=name), config)
@@ -61,7 +66,14 @@ def timed_load(function):
 
 
 def main():
-    args = parse_args(__doc__.splitlines()[0], dict(images=2), images=4, image_size=112)
+    args = parse_args(
+        __doc__.splitlines()[0],
+        dict(images=2, perspective_counts="1,2"),
+        images=4,
+        image_size=112,
+        perspective_counts="1,2,4",
+        lora_r=default_recipe()["training"]["lora_r"],
+    )
     report = Report("multi_perspective", __doc__.splitlines()[0], args)
     try:
         from hub_cards.perspectives import load_perspectives
@@ -72,29 +84,30 @@ def main():
     from modeling_llava_reward import LlavaRewardScorer
 
     captions, images = scoring_inputs(args.images, args.input_px)
-    perspectives = PERSPECTIVES[: 2 if args.quick else len(PERSPECTIVES)]
+    counts = [int(count) for count in args.perspective_counts.split(",")]
+    perspectives = PERSPECTIVES[: max(counts)]
     for backbone in load_backbones(args, report):
         if backbone.name != "tiny":
             backbone.set_image_size(args.image_size)
         with tempfile.TemporaryDirectory() as scratch:
             scratch = Path(scratch)
             base_dir = backbone.checkpoint(scratch / "base")
-            write_bundles(base_dir, backbone.reward_processor(), scratch / "bundles", perspectives)
+            write_bundles(base_dir, backbone.reward_processor(), scratch / "bundles", perspectives, args.lora_r)
             separate = [
                 timed_load(lambda name=name: LlavaRewardScorer.from_pretrained(scratch / "bundles" / name))
                 for name in perspectives
             ]
             shared = [
                 timed_load(lambda k=k: load_perspectives(scratch / "bundles", list(perspectives[:k])))
-                for k in range(1, len(perspectives) + 1)
+                for k in counts
             ]
         alternatives = {}
-        for k in range(1, len(perspectives) + 1):
-            scorers, multi = [scorer for scorer, _, _ in separate[:k]], shared[k - 1][0]
+        for k, (multi, _, _) in zip(counts, shared):
+            scorers = [scorer for scorer, _, _ in separate[:k]]
             alternatives[f"separate K={k}"] = lambda s=scorers: [scorer.score(captions, images) for scorer in s]
             alternatives[f"one base K={k}"] = lambda m=multi: m.score(captions, images)
         results = measure(alternatives, args)
-        for k in range(1, len(perspectives) + 1):
+        for k, (_, shared_load_s, shared_kept_mb) in zip(counts, shared):
             separate_rewards = alternatives[f"separate K={k}"]()
             shared_rewards = alternatives[f"one base K={k}"]()
             difference = max(
@@ -103,12 +116,13 @@ def main():
             )
             for kind, load_seconds, kept_mb in (
                 ("separate", sum(s for _, s, _ in separate[:k]), _sum_or_none(kept for _, _, kept in separate[:k])),
-                ("one base", shared[k - 1][1], shared[k - 1][2]),
+                ("one base", shared_load_s, shared_kept_mb),
             ):
                 report.add(
                     model=backbone.name,
                     image_px=backbone.image_size,
                     images=args.images,
+                    lora_r=args.lora_r,
                     perspectives=k,
                     kind=kind,
                     result=results[f"{kind} K={k}"],
@@ -120,7 +134,7 @@ def main():
         print(backbone.name, {key: round(value["median_s"], 4) for key, value in results.items()}, flush=True)
     report.write(
         {
-            **shown(model="model", image_px="image px", images="images", perspectives="K", kind="scorer"),
+            **shown(model="model", image_px="image px", images="images", lora_r="LoRA r", perspectives="K", kind="scorer"),
             "score s": lambda row: seconds(row["result"]),
             "x separate": lambda row: row["over_separate"],
             "scoring peak MB": lambda row: megabytes(row["result"]),

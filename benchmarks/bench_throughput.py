@@ -24,8 +24,8 @@ def main():
     args = parse_args(
         __doc__.splitlines()[0],
         dict(images=4, batch_sizes="1,4", thread_counts="1"),
-        images=16,
-        batch_sizes="1,2,4,8,16",
+        images=8,
+        batch_sizes="1,2,4,8",
         thread_counts="1,2",
         image_size=112,
     )

@@ -67,7 +67,8 @@ def parse_args(description: str, quick: dict | None = None, **defaults) -> argpa
     parser.add_argument("--quick", action="store_true", help="tiny model, smallest settings: a smoke run")
     parser.add_argument("--models", default="tiny,default", help="comma-separated: tiny, default")
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls per alternative")
-    parser.add_argument("--repeats", type=int, default=5, help="timed calls per alternative")
+    # 3 timed calls (median and quartiles of 3) keep `make bench` under 15 minutes on 2 cores; raise for tighter spreads.
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls per alternative")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads")
     parser.add_argument("--input-px", type=int, default=1024, help="side of the input images (resized if needed)")
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="where the JSON report goes")
@@ -104,7 +105,8 @@ class Report:
 
     def write(self, columns: dict[str, Callable[[dict], object]]) -> Path:
         """Print the table (`columns`: header -> cell of a row) and write the JSON report; returns its path."""
-        print(markdown_table(self.rows, columns), flush=True)
+        table = markdown_table(self.rows, columns)
+        print(table, flush=True)
         path = self.args.results_dir / f"{self.name}{'_quick' if self.args.quick else ''}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         settings = {key: str(value) if isinstance(value, Path) else value for key, value in vars(self.args).items()}
@@ -127,6 +129,7 @@ class Report:
             "models": self.models,
             "notes": self.notes,
             "results": self.rows,
+            "table": table,  # as printed: benchmarks/RESULTS.md quotes it
         }
         path.write_text(json.dumps(report, indent=2) + "\n")
         print(f"wrote {path}", flush=True)
@@ -297,6 +300,15 @@ def measure(alternatives: dict[str, Callable], args, *, memory: bool = True) -> 
 # --- Models and inputs --------------------------------------------------------------------------------------------
 
 
+def default_recipe() -> dict:
+    """The recipe of `llava-reward demo`'s default model (`configuration/recipes/default_fidelity.yaml`), parsed."""
+    import yaml
+
+    from modeling_llava_reward.default_model import RECIPE
+
+    return yaml.safe_load(RECIPE.read_text())
+
+
 @dataclass
 class Backbone:
     """A LLaVA checkpoint for benchmarking: the generative model (with LM head) and its processor.
@@ -348,6 +360,12 @@ class Backbone:
         from modeling_llava_reward import LlavaRewardProcessor
 
         return LlavaRewardProcessor.from_vlm_processor(self.processor)
+
+    def default_model_layer(self) -> int | None:
+        """The decoder layer `llava-reward demo`'s default model reads (its recipe's `hidden_layer`), if this
+        backbone has more layers than that; None otherwise (the tiny model)."""
+        layer = default_recipe()["model"]["hidden_layer"]
+        return layer if 0 < layer < self.num_layers else None
 
     def reward_model(self, vlm=None, **config):
         """A reward model on this backbone's base VLM (shared, not copied, unless `vlm` is given), in eval mode."""

@@ -14,12 +14,13 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
+from bench_published_design import BREAKDOWN  # noqa: E402
 from run_all import SCRIPTS  # noqa: E402
 
 
 REPORT_KEYS = {
     "benchmark", "description", "command", "date", "duration_s", "cpu_s", "load_average", "machine", "versions", "settings", "timing",
-    "memory", "models", "notes", "results",
+    "memory", "models", "notes", "results", "table",
 }
 TIMING_KEYS = {"median_s", "q1_s", "q3_s", "runs_s"}
 
@@ -58,6 +59,7 @@ def test_every_script_writes_a_complete_report(reports):
         assert report["machine"]["logical_cores"] >= 1
         assert list(report["models"]) == ["tiny"]
         assert report["results"], name
+        assert report["table"].count("\n") == len(report["results"]) + 1  # header, rule, one line per row
         for row in report["results"]:
             assert row["model"] == "tiny"
             timings = list(_timings(row))
@@ -76,10 +78,11 @@ def test_memory_is_measured_on_this_machine(reports):
 
 
 def test_the_published_design_and_ours_compute_the_same_rewards(reports):
-    # The comparison is only fair if both read the same weights: their rewards must agree.
+    # The comparison is only fair if both read the same weights: their rewards must agree (the step-by-step
+    # variants of the published design included).
     for row in reports["published_design"]["results"]:
         assert row["max_reward_difference"] < 1e-4
-        assert set(row["results"]) == {"published", "ours"}
+        assert set(row["results"]) == {"published", "ours", *BREAKDOWN}
 
 
 def test_multi_perspective_rewards_equal_separate_scorers(reports):
