@@ -92,7 +92,7 @@ def _first_frame(image: Image.Image) -> Image.Image:
     if getattr(image, "n_frames", 1) > 1:
         image.seek(0)
     elif image.getexif().get(ExifTags.Base.Orientation, 1) == 1:
-        return image  # upright: exif_transpose would only copy it (benchmarks/RESULTS.md, scoring overhead)
+        return image  # upright: exif_transpose would only copy it (benchmarks/RESULTS.md, optimisations)
     return ImageOps.exif_transpose(image)
 
 
