@@ -17,8 +17,11 @@ import torch
 
 
 # LoRA goes on the language model's attention and MLP projections only (the vision tower stays frozen; Qwen's
-# vision MLP also has gate/up/down projections, hence the anchoring on the language model's module name).
-_LORA_TEMPLATE = r".*\.{lm}\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
+# vision MLP also has gate/up/down projections and CLIP's attention has q/k/v/o, hence the anchoring on the path of
+# the language model inside the reward model's `vlm`, optionally under PEFT's wrappers).
+_LORA_TEMPLATE = r"(.*\.)?vlm\.{lm}layers\.\d+\.({linears})"
+# Llama-style decoders: separate q/k/v/o attention projections and a gated MLP.
+_LLAMA_LINEARS = r"self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj"
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,8 @@ class VlmFamily:
             a dedicated image token.
         requires_remote_code: the family is not native to transformers (``trust_remote_code`` must be given
             explicitly by the user; it is never implied).
+        lora_linears: regex of the decoder layer's linear layers LoRA adapts, relative to the layer (the attention
+            and MLP projections; Phi-3 fuses them into ``qkv_proj`` and ``gate_up_proj``).
     """
 
     name: str
@@ -55,12 +60,13 @@ class VlmFamily:
     prompt_template: str | None = None
     image_positions_are_negative_ids: bool = False
     requires_remote_code: bool = False
+    lora_linears: str = _LLAMA_LINEARS
 
     @property
     def lora_target_modules(self) -> str:
         """PEFT ``target_modules`` regex matching the language model's attention and MLP projections."""
-        lm = self.language_model.replace(".", r"\.") or r"[^.]+"
-        return _LORA_TEMPLATE.format(lm=lm)
+        lm = self.language_model.replace(".", r"\.") + r"\." if self.language_model else ""
+        return _LORA_TEMPLATE.format(lm=lm, linears=self.lora_linears)
 
     def projector_parameters(self, vlm: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
         """The projector's parameters, by name relative to `vlm` (paths may name modules or bare parameters)."""
@@ -149,6 +155,7 @@ FAMILIES: dict[str, VlmFamily] = {
             prompt_template="<|user|>\n<|image_1|>\n{prompt}{eos}",
             image_positions_are_negative_ids=True,
             requires_remote_code=True,
+            lora_linears=r"self_attn\.(qkv|o)_proj|mlp\.(gate_up|down)_proj",
         ),
     )
 }

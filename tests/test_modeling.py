@@ -182,6 +182,38 @@ def test_vision_tower_runs_once_per_forward():
     assert len(calls) == 1
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_lora_targets_every_decoder_linear_and_nothing_else(family):
+    from peft import LoraConfig
+    from peft import get_peft_model
+
+    model, _ = reward_model(family)
+    decoder_linears = {
+        f"{model.family.language_model}.layers.{index}.{name}".lstrip(".")
+        for index, layer in enumerate(model.decoder.layers)
+        for name, module in layer.named_modules()
+        if isinstance(module, torch.nn.Linear)
+    }
+    peft_model = get_peft_model(model, LoraConfig(target_modules=model.family.lora_target_modules, r=2))
+    adapted = {name.removeprefix("base_model.model.vlm.") for name, module in peft_model.named_modules() if hasattr(module, "lora_A")}
+    assert adapted == decoder_linears and len(adapted) >= 7 * len(model.decoder.layers)
+
+
+def test_phi3_v_lora_targets_its_fused_projections_not_the_clip_tower():
+    import re
+
+    from modeling_llava_reward.families import get_family
+
+    # Module names of Phi-3.5-vision's remote code (Phi3VModel), wrapped as the reward model's `vlm`.
+    decoder = ["vlm.layers.0.self_attn.qkv_proj", "vlm.layers.0.self_attn.o_proj", "vlm.layers.31.mlp.gate_up_proj",
+               "vlm.layers.31.mlp.down_proj", "base_model.model.vlm.layers.3.self_attn.qkv_proj"]
+    others = ["vlm.vision_embed_tokens.img_processor.vision_model.encoder.layers.0.self_attn.q_proj",
+              "vlm.vision_embed_tokens.img_processor.vision_model.encoder.layers.0.self_attn.out_proj",
+              "vlm.vision_embed_tokens.img_projection.0", "vlm.layers.0.self_attn", "value_head"]
+    pattern = get_family("phi3_v").lora_target_modules
+    assert [name for name in decoder + others if re.fullmatch(pattern, name)] == decoder
+
+
 def test_unsupported_family_lists_the_supported_ones():
     from transformers import AutoConfig
 
