@@ -91,6 +91,23 @@ def test_demo_builds_trains_evaluates_and_reports(demo_home):
     assert not list(model_dir.rglob("*.bin"))  # no pickles in the cached model
 
 
+def test_the_built_backbone_is_a_standard_llava_checkpoint(in_home):
+    # The same check as the slow build tests, on the backbone this (CI-run) demo built.
+    from transformers import AutoModel
+    from transformers import AutoProcessor
+    from transformers import LlavaModel
+    from transformers import LlavaProcessor
+
+    folder = in_home / "backbones" / backbone_name(112)
+    model, loading_info = AutoModel.from_pretrained(folder, output_loading_info=True)
+    assert isinstance(model, LlavaModel)
+    assert not any(loading_info.values()), loading_info  # nothing missing or unexpected, the fresh projector included
+    processor = AutoProcessor.from_pretrained(folder)
+    assert isinstance(processor, LlavaProcessor)
+    assert processor.image_processor.crop_size == {"height": 112, "width": 112}
+    assert processor.tokenizer.chat_template  # SmolLM2's, from the GGUF file
+
+
 def test_stored_images_are_what_the_processor_makes_of_the_originals(in_home):
     from transformers import AutoImageProcessor
 
