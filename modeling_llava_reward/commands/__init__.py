@@ -2,7 +2,9 @@
 
 Each subcommand lives in its own module of this package and exposes ``register(subparsers)``, which adds its
 parser and sets ``func`` (a callable taking the parsed ``argparse.Namespace`` and returning an exit code).
-Heavy imports (torch, transformers) happen inside ``func`` so that ``llava-reward --help`` stays instant.
+A subcommand's own heavy imports (trl, datasets, evaluate, the default-backbone extras) happen inside ``func``. The
+package itself imports transformers and torch (importing it registers the Auto classes), which is most of what
+``llava-reward --help`` costs: about 4 s on 2 CPU cores.
 
 Exit codes: 0 success, 1 bad input (a clear message on stderr, no traceback), 2 usage error (argparse).
 
