@@ -47,20 +47,20 @@ def judge_inputs(processor, captions: list[str], images: list):
 
 
 def main():
-    args = parse_args(__doc__.splitlines()[0], dict(batch_sizes="1,2"), batch_sizes="1,4", image_size=112)
+    args = parse_args(__doc__.splitlines()[0], dict(batch_sizes=(1, 2)), batch_sizes=(1, 4), image_size=112)
     report = Report("generative_judge", __doc__.splitlines()[0], args)
-    batch_sizes = [int(size) for size in args.batch_sizes.split(",")]
-    captions, images = scoring_inputs(max(batch_sizes), args.input_px)
+    captions, images = scoring_inputs(max(args.batch_sizes), args.input_px)
     for backbone in load_backbones(args, report):
         if backbone.name != "tiny":
             backbone.set_image_size(args.image_size)
         model = backbone.reward_model()
         early_layer = backbone.default_model_layer()
         # A copy: a reward model built with `hidden_layer` drops the later layers of the VLM it is given.
-        early_model = backbone.reward_model(copy.deepcopy(backbone.vlm), hidden_layer=early_layer) if early_layer else None
+        if early_layer:
+            early_model = backbone.reward_model(copy.deepcopy(backbone.vlm), hidden_layer=early_layer)
         processor = backbone.reward_processor()
         backbone.processor.tokenizer.padding_side = "left"  # batched generation needs left padding
-        for batch_size in batch_sizes:
+        for batch_size in args.batch_sizes:
             reward_inputs = processor(captions[:batch_size], images[:batch_size])
             generation_inputs = judge_inputs(backbone.processor, captions[:batch_size], images[:batch_size])
 
@@ -83,8 +83,9 @@ def main():
                 model(**reward_inputs)
 
             alternatives = {"judge": judge(NEW_TOKENS), "judge, 1 token": judge(1), "ours": run_ours}
-            if early_model is not None:
-                alternatives[f"ours, layer {early_layer}"] = torch.inference_mode()(lambda: early_model(**reward_inputs))
+            if early_layer:
+                early = torch.inference_mode()(lambda: early_model(**reward_inputs))
+                alternatives[f"ours, layer {early_layer}"] = early
             results = measure(alternatives, args)
             step = (results["judge"]["median_s"] - results["judge, 1 token"]["median_s"]) / (NEW_TOKENS - 1)
             row = report.add(

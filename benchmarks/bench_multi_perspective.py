@@ -3,13 +3,13 @@
 Up to four perspective bundles (alignment, fidelity, safety, overall) are written on the same base checkpoint, as
 `llava-reward train` writes them: a LoRA adapter (`prepare_for_training`, rank `--lora-r`, by default the default
 model's recipe's 16, with random non-zero up-projections standing in for training), projector, SkipCA and value
-head. An unmerged adapter costs the base's compute times about (1 + r (d_in + d_out) / (d_in d_out)) per linear:
-the rank decides how `one base` compares with merged `separate` scorers (`--lora-r 128` is the paper's). `separate` loads K bundles
-with `LlavaRewardScorer.from_pretrained` (K copies of the base, LoRA merged into each) and scores the images with
-each in turn; `one base` loads them with `hub_cards.perspectives.load_perspectives` (one base, LoRA adapters kept
-apart and switched per perspective, the vision encoder run once) and scores all perspectives in one call. Both
-score the same images; the report gives the largest reward difference between the two, the load time (one run)
-and the memory each keeps loaded, next to the scoring time and its peak memory.
+head. An unmerged adapter adds two small matrix products per adapted linear (their dispatch, and r (d_in + d_out)
+multiply-adds per token, which grow with the rank; `--lora-r 128` is the paper's). `separate` loads K bundles with
+`LlavaRewardScorer.from_pretrained` (K copies of the base, LoRA merged into each) and scores the images with each
+in turn; `one base` loads them with `hub_cards.perspectives.load_perspectives` (one base, LoRA adapters kept apart
+and switched per perspective, the vision encoder run once) and scores all perspectives in one call. Both score the
+same images; the report gives the largest reward difference between the two, the load time (one run) and the
+memory each keeps loaded, next to the scoring time and its peak memory.
 
     python benchmarks/bench_multi_perspective.py            # tiny model and the default backbone
     python benchmarks/bench_multi_perspective.py --quick    # smoke run
@@ -68,10 +68,10 @@ def timed_load(function):
 def main():
     args = parse_args(
         __doc__.splitlines()[0],
-        dict(images=2, perspective_counts="1,2"),
+        dict(images=2, perspective_counts=(1, 2)),
         images=4,
         image_size=112,
-        perspective_counts="1,2,4",
+        perspective_counts=(1, 2, 4),
         lora_r=default_recipe()["training"]["lora_r"],
     )
     report = Report("multi_perspective", __doc__.splitlines()[0], args)
@@ -84,8 +84,7 @@ def main():
     from modeling_llava_reward import LlavaRewardScorer
 
     captions, images = scoring_inputs(args.images, args.input_px)
-    counts = [int(count) for count in args.perspective_counts.split(",")]
-    perspectives = PERSPECTIVES[: max(counts)]
+    perspectives = PERSPECTIVES[: max(args.perspective_counts)]
     for backbone in load_backbones(args, report):
         if backbone.name != "tiny":
             backbone.set_image_size(args.image_size)
@@ -99,15 +98,15 @@ def main():
             ]
             shared = [
                 timed_load(lambda k=k: load_perspectives(scratch / "bundles", list(perspectives[:k])))
-                for k in counts
+                for k in args.perspective_counts
             ]
         alternatives = {}
-        for k, (multi, _, _) in zip(counts, shared):
+        for k, (multi, _, _) in zip(args.perspective_counts, shared):
             scorers = [scorer for scorer, _, _ in separate[:k]]
             alternatives[f"separate K={k}"] = lambda s=scorers: [scorer.score(captions, images) for scorer in s]
             alternatives[f"one base K={k}"] = lambda m=multi: m.score(captions, images)
         results = measure(alternatives, args)
-        for k, (_, shared_load_s, shared_kept_mb) in zip(counts, shared):
+        for k, (_, shared_load_s, shared_kept_mb) in zip(args.perspective_counts, shared):
             separate_rewards = alternatives[f"separate K={k}"]()
             shared_rewards = alternatives[f"one base K={k}"]()
             difference = max(
@@ -134,7 +133,9 @@ def main():
         print(backbone.name, {key: round(value["median_s"], 4) for key, value in results.items()}, flush=True)
     report.write(
         {
-            **shown(model="model", image_px="image px", images="images", lora_r="LoRA r", perspectives="K", kind="scorer"),
+            **shown(
+                model="model", image_px="image px", images="images", lora_r="LoRA r", perspectives="K", kind="scorer"
+            ),
             "score s": lambda row: seconds(row["result"]),
             "x separate": lambda row: row["over_separate"],
             "scoring peak MB": lambda row: megabytes(row["result"]),

@@ -67,14 +67,14 @@ BREAKDOWN = {
 
 
 def main():
-    args = parse_args(__doc__.splitlines()[0], dict(pairs=2), pairs=4, image_sizes="112")
+    args = parse_args(__doc__.splitlines()[0], dict(pairs=2), pairs=4, image_sizes=(112,))
     report = Report("published_design", __doc__.splitlines()[0], args)
     prompts, chosen, rejected = preference_pairs(args.pairs, args.input_px)
     for backbone in load_backbones(args, report):
         model = backbone.reward_model()
         processor = backbone.reward_processor()
         processor.tokenizer.padding_side = "left"  # as the published code; our model reads either side
-        image_sizes = [backbone.image_size] if backbone.name == "tiny" else [int(s) for s in args.image_sizes.split(",")]
+        image_sizes = [backbone.image_size] if backbone.name == "tiny" else args.image_sizes
         for image_size in image_sizes:
             backbone.set_image_size(image_size)
             chosen_inputs, rejected_inputs = processor(prompts, chosen), processor(prompts, rejected)

@@ -31,25 +31,28 @@ from common import shown
 
 
 def main():
-    args = parse_args(__doc__.splitlines()[0], dict(batch_sizes="1,2"), batch_sizes="1,4,16", image_sizes="112,224",
-                      large_image_batch_sizes="1,4")
+    args = parse_args(
+        __doc__.splitlines()[0],
+        dict(batch_sizes=(1, 2)),
+        batch_sizes=(1, 4, 16),
+        image_sizes=(112, 224),
+        large_image_batch_sizes=(1, 4),
+    )
     report = Report("scoring_overhead", __doc__.splitlines()[0], args)
-    batch_sizes = [int(size) for size in args.batch_sizes.split(",")]
-    large_image_batch_sizes = [int(size) for size in args.large_image_batch_sizes.split(",")]
-    prompts, images = scoring_inputs(max(batch_sizes + large_image_batch_sizes), args.input_px)
+    prompts, images = scoring_inputs(max(args.batch_sizes + args.large_image_batch_sizes), args.input_px)
     for backbone in load_backbones(args, report):
         from modeling_llava_reward import LlavaRewardScorer
 
         model = backbone.reward_model()
         processor = backbone.reward_processor()
         scorer = LlavaRewardScorer(model, processor)
-        image_sizes = [backbone.image_size] if backbone.name == "tiny" else [int(s) for s in args.image_sizes.split(",")]
+        image_sizes = [backbone.image_size] if backbone.name == "tiny" else args.image_sizes
         for image_size in image_sizes:
             backbone.set_image_size(image_size)
             # Above the smallest image size, only the smaller batches: 224 px costs ~3x per image, and its batch-16
             # row (minutes) would repeat what the 112 px batch-16 row shows. `make bench` must stay under 15 minutes.
             large = image_size > min(image_sizes)
-            for batch_size in large_image_batch_sizes if large else batch_sizes:
+            for batch_size in args.large_image_batch_sizes if large else args.batch_sizes:
                 batch_prompts, batch_images = prompts[:batch_size], images[:batch_size]
                 inputs = processor(batch_prompts, batch_images)
 

@@ -23,16 +23,14 @@ from common import time_alternatives
 def main():
     args = parse_args(
         __doc__.splitlines()[0],
-        dict(images=4, batch_sizes="1,4", thread_counts="1"),
+        dict(images=4, batch_sizes=(1, 4), thread_counts=(1,)),
         images=8,
-        batch_sizes="1,2,4,8",
-        thread_counts="1,2",
+        batch_sizes=(1, 2, 4, 8),
+        thread_counts=(1, 2),
         image_size=112,
     )
     report = Report("throughput", __doc__.splitlines()[0], args)
     captions, images = scoring_inputs(args.images, args.input_px)
-    batch_sizes = [int(size) for size in args.batch_sizes.split(",")]
-    thread_counts = [int(count) for count in args.thread_counts.split(",")]
     default_threads = torch.get_num_threads()
     for backbone in load_backbones(args, report):
         from modeling_llava_reward import LlavaRewardScorer
@@ -48,14 +46,14 @@ def main():
 
             return run
 
-        alternatives = {(t, b): configuration(t, b) for t in thread_counts for b in batch_sizes}
+        alternatives = {(t, b): configuration(t, b) for t in args.thread_counts for b in args.batch_sizes}
         # One call warms everything up (weights paged in, kernels chosen): each call then runs many batches.
-        scorer.score(captions, images, batch_size=max(batch_sizes))
+        scorer.score(captions, images, batch_size=max(args.batch_sizes))
         results = time_alternatives(alternatives, warmup=0, repeats=args.repeats)
         torch.set_num_threads(default_threads)
-        for threads in thread_counts:
+        for threads in args.thread_counts:
             previous = None
-            for batch_size in batch_sizes:
+            for batch_size in args.batch_sizes:
                 result = results[(threads, batch_size)]
                 throughput = args.images / result["median_s"]
                 report.add(
@@ -67,7 +65,9 @@ def main():
                     result=result,
                     images_per_s=throughput,
                     gain_over_previous_batch=None if previous is None else throughput / previous,
-                    gain_over_one_thread=throughput * results[(thread_counts[0], batch_size)]["median_s"] / args.images,
+                    gain_over_one_thread=throughput
+                    * results[(args.thread_counts[0], batch_size)]["median_s"]
+                    / args.images,
                 )
                 previous = throughput
         print(backbone.name, {f"t{t}b{b}": round(r["median_s"], 3) for (t, b), r in results.items()}, flush=True)
@@ -77,7 +77,7 @@ def main():
             f"time for {args.images} images s": lambda row: seconds(row["result"]),
             "images/s": lambda row: row["images_per_s"],
             "x previous batch": lambda row: row["gain_over_previous_batch"],
-            f"x {thread_counts[0]} thread(s)": lambda row: row["gain_over_one_thread"],
+            f"x {args.thread_counts[0]} thread(s)": lambda row: row["gain_over_one_thread"],
         }
     )
 

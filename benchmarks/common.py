@@ -67,18 +67,26 @@ def parse_args(description: str, quick: dict | None = None, **defaults) -> argpa
     parser.add_argument("--quick", action="store_true", help="tiny model, smallest settings: a smoke run")
     parser.add_argument("--models", default="tiny,default", help="comma-separated: tiny, default")
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls per alternative")
-    # 3 timed calls (median and quartiles of 3) keep `make bench` under 15 minutes on 2 cores; raise for tighter spreads.
+    # 3 timed calls (median and quartiles of 3) keep `make bench` under 15 minutes on 2 cores; raise for tighter
+    # spreads.
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per alternative")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads")
     parser.add_argument("--input-px", type=int, default=1024, help="side of the input images (resized if needed)")
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="where the JSON report goes")
     for name, value in defaults.items():
-        parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
+        # A tuple default is a list of integers, given comma-separated on the command line (`--batch-sizes 1,4,16`).
+        value_type = int_tuple if isinstance(value, tuple) else type(value)
+        parser.add_argument(f"--{name.replace('_', '-')}", type=value_type, default=value)
     if parser.parse_known_args()[0].quick:
         parser.set_defaults(models="tiny", warmup=1, repeats=2, input_px=64, **(quick or {}))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     return args
+
+
+def int_tuple(text: str) -> tuple[int, ...]:
+    """`"1,4,16"` -> `(1, 4, 16)`: the type of list options."""
+    return tuple(int(item) for item in text.split(","))
 
 
 @dataclass

@@ -195,7 +195,11 @@ def test_lora_targets_every_decoder_linear_and_nothing_else(family):
         if isinstance(module, torch.nn.Linear)
     }
     peft_model = get_peft_model(model, LoraConfig(target_modules=model.family.lora_target_modules, r=2))
-    adapted = {name.removeprefix("base_model.model.vlm.") for name, module in peft_model.named_modules() if hasattr(module, "lora_A")}
+    adapted = {
+        name.removeprefix("base_model.model.vlm.")
+        for name, module in peft_model.named_modules()
+        if hasattr(module, "lora_A")
+    }
     assert adapted == decoder_linears and len(adapted) >= 7 * len(model.decoder.layers)
 
 
