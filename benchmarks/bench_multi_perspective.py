@@ -6,7 +6,7 @@ model's recipe's 16, with random non-zero up-projections standing in for trainin
 head. An unmerged adapter adds two small matrix products per adapted linear (their dispatch, and r (d_in + d_out)
 multiply-adds per token, which grow with the rank; `--lora-r 128` is the paper's). `separate` loads K bundles with
 `LlavaRewardScorer.from_pretrained` (K copies of the base, LoRA merged into each) and scores the images with each
-in turn; `one base` loads them with `hub_cards.perspectives.load_perspectives` (one base, LoRA adapters kept apart
+in turn; `one base` loads them with `llava_reward.multi_perspective.load_perspectives` (one base, LoRA adapters kept apart
 and switched per perspective, the vision encoder run once) and scores all perspectives in one call. Both score the
 same images; the report gives the largest reward difference between the two, the load time (one run) and the
 memory each keeps loaded, next to the scoring time and its peak memory.
@@ -39,10 +39,10 @@ PERSPECTIVES = ("alignment", "fidelity", "safety", "overall")
 
 def write_bundles(base_dir: Path, processor, folder: Path, perspectives: tuple[str, ...], lora_r: int):
     """One LoRA adapter bundle (rank `lora_r`) per perspective on the checkpoint at `base_dir`, in `folder/<name>`."""
-    from modeling_llava_reward import LlavaRewardModel
-    from modeling_llava_reward.bundle import save_reward_bundle
-    from trainers.trainer import LlavaRewardTrainingConfig
-    from trainers.trainer import prepare_for_training
+    from llava_reward import LlavaRewardModel
+    from llava_reward.bundle import save_reward_bundle
+    from llava_reward.trainers.trainer import LlavaRewardTrainingConfig
+    from llava_reward.trainers.trainer import prepare_for_training
 
     with tempfile.TemporaryDirectory() as output_dir:
         config = LlavaRewardTrainingConfig(
@@ -76,12 +76,12 @@ def main():
     )
     report = Report("multi_perspective", __doc__.splitlines()[0], args)
     try:
-        from hub_cards.perspectives import load_perspectives
+        from llava_reward.multi_perspective import load_perspectives
     except ImportError as error:
-        report.note(f"hub_cards.perspectives is unavailable ({error}): nothing to compare.")
+        report.note(f"llava_reward.multi_perspective is unavailable ({error}): nothing to compare.")
         report.write({})
         return
-    from modeling_llava_reward import LlavaRewardScorer
+    from llava_reward import LlavaRewardScorer
 
     captions, images = scoring_inputs(args.images, args.input_px)
     perspectives = PERSPECTIVES[: max(args.perspective_counts)]

@@ -41,7 +41,7 @@ def main():
     report = Report("scoring_overhead", __doc__.splitlines()[0], args)
     prompts, images = scoring_inputs(max(args.batch_sizes + args.large_image_batch_sizes), args.input_px)
     for backbone in load_backbones(args, report):
-        from modeling_llava_reward import LlavaRewardScorer
+        from llava_reward import LlavaRewardScorer
 
         model = backbone.reward_model()
         processor = backbone.reward_processor()

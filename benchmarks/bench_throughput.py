@@ -33,7 +33,7 @@ def main():
     captions, images = scoring_inputs(args.images, args.input_px)
     default_threads = torch.get_num_threads()
     for backbone in load_backbones(args, report):
-        from modeling_llava_reward import LlavaRewardScorer
+        from llava_reward import LlavaRewardScorer
 
         if backbone.name != "tiny":
             backbone.set_image_size(args.image_size)

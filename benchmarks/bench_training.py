@@ -1,7 +1,7 @@
 """Item 6 - training: one Bradley-Terry step vs the bare backbone; LoRA vs head-only vs full; checkpointing on/off.
 
 A step is what `LlavaRewardTrainer` does per batch: zero the gradients, one forward over the chosen and rejected
-rows together (the collator's layout: chosen first), `pairwise_loss` (BT, tau from the config), backward, AdamW
+rows together (the collator's layout: chosen first), `Objective.pair_loss` (BT, tau from the config), backward, AdamW
 step. Parameters are frozen and unfrozen by the trainer's own `prepare_for_training` (`tuning` = `lora`: LoRA on
 the language model + projector, SkipCA, value head; `head`: projector, SkipCA, value head; `full`: all but the
 vision tower), LoRA with the trainer's defaults (the paper's r=128, alpha=256). `bare (lora)` is the least any
@@ -51,9 +51,9 @@ def training_step(model, trainable, loss_of, inputs, checkpointing: bool):
 def main():
     args = parse_args(__doc__.splitlines()[0], dict(pairs=1), pairs=2, image_size=112)
     report = Report("training", __doc__.splitlines()[0], args)
-    from trainers.trainer import LlavaRewardTrainingConfig
-    from trainers.trainer import pairwise_loss
-    from trainers.trainer import prepare_for_training
+    from llava_reward.trainers.trainer import LlavaRewardTrainingConfig
+    from llava_reward.objectives import get_objective
+    from llava_reward.trainers.trainer import prepare_for_training
 
     prompts, chosen, rejected = preference_pairs(args.pairs, args.input_px)
     for backbone in load_backbones(args, report):
@@ -74,7 +74,7 @@ def main():
 
             def bt_loss(outputs, tau=tau):
                 chosen_rewards, rejected_rewards = outputs.rewards.chunk(2)
-                return pairwise_loss(chosen_rewards, rejected_rewards, "bt", tau)
+                return get_objective("bt").pair_loss(chosen_rewards, rejected_rewards, tau)
 
             for checkpointing in (False, True):
                 name = f"{tuning}{' + checkpointing' if checkpointing else ''}"

@@ -7,7 +7,7 @@ Protocol (every script):
 - a timing is the median of the repeats with its interquartile range (q1, q3) and every raw run;
 - peak memory is measured in a separate, untimed call per alternative (see `peak_memory`).
 
-Models: `tiny` is the tiny random LLaVA of `modeling_llava_reward.testing`; `default` is the project's default
+Models: `tiny` is the tiny random LLaVA of `llava_reward.testing`; `default` is the project's default
 backbone (SmolLM2-135M + DINOv2-S LLaVA) when it can be built on this machine, otherwise a random LLaVA of the
 same shape (`default-shaped`), which times the same computation; the report says which one ran.
 """
@@ -312,7 +312,7 @@ def default_recipe() -> dict:
     """The recipe of `llava-reward demo`'s default model (`configuration/recipes/default_fidelity.yaml`), parsed."""
     import yaml
 
-    from modeling_llava_reward.default_model import RECIPE
+    from llava_reward.cli.demo_workflow import RECIPE
 
     return yaml.safe_load(RECIPE.read_text())
 
@@ -365,7 +365,7 @@ class Backbone:
         return self.folder
 
     def reward_processor(self):
-        from modeling_llava_reward import LlavaRewardProcessor
+        from llava_reward import LlavaRewardProcessor
 
         return LlavaRewardProcessor.from_vlm_processor(self.processor)
 
@@ -377,7 +377,7 @@ class Backbone:
 
     def reward_model(self, vlm=None, **config):
         """A reward model on this backbone's base VLM (shared, not copied, unless `vlm` is given), in eval mode."""
-        from modeling_llava_reward import LlavaRewardModel
+        from llava_reward import LlavaRewardModel
 
         torch.manual_seed(0)  # the same head weights in every script
         return LlavaRewardModel.from_vlm(vlm if vlm is not None else self.vlm, **config).eval()
@@ -407,7 +407,7 @@ def _generator_around(vlm):
 
 
 def tiny_backbone(report: Report) -> Backbone:
-    from modeling_llava_reward.testing import tiny_vlm
+    from llava_reward.testing import tiny_vlm
 
     vlm, processor = tiny_vlm("llava")
     return Backbone("tiny", _generator_around(vlm), processor, "tiny random LLaVA (2 layers, width 32, 32 px)", 32)
@@ -419,7 +419,7 @@ def default_backbone(report: Report, image_size: int = 224) -> Backbone:
     from transformers import LlavaForConditionalGeneration
 
     try:
-        from modeling_llava_reward.default_backbone import build_default_backbone
+        from llava_reward.default_backbone import build_default_backbone
 
         folder = build_default_backbone(progress=False)
     except Exception as error:  # not merged yet, or its optional dependencies are missing: say so, never silently
@@ -443,8 +443,8 @@ def default_shaped_backbone(image_size: int = 224) -> Backbone:
     from transformers import LlavaForConditionalGeneration
     from transformers import LlavaProcessor
 
-    from modeling_llava_reward.testing import byte_level_tokenizer
-    from modeling_llava_reward.testing import chatml_template
+    from llava_reward.testing import byte_level_tokenizer
+    from llava_reward.testing import chatml_template
 
     tokenizer = byte_level_tokenizer(["<image>"], eos_token="<|im_end|>", pad_token="<pad>")
     config = LlavaConfig(

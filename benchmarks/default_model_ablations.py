@@ -1,6 +1,6 @@
 """Measured quality of the default model's configuration and of the paper's ablations, on MJ-Bench fidelity pairs.
 
-Protocol (the demo's, `modeling_llava_reward.default_model.cross_subset`): train on `human`, test on
+Protocol (the demo's, `llava_reward.cli.demo_workflow.cross_subset`): train on `human`, test on
 `objects_indoor`, and the reverse; accuracy with and without ties, with 95 % bootstrap intervals (1000 replicates),
 and the wall and CPU seconds of each training. Each variant changes the default recipe
 (`configuration/recipes/default_fidelity.yaml`) or the backbone's image size as listed in VARIANTS.
@@ -75,13 +75,13 @@ def main() -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from modeling_llava_reward.default_backbone import build_default_backbone
-    from modeling_llava_reward.default_backbone import llava_reward_home
-    from modeling_llava_reward.default_model import IMAGE_SIZE
-    from modeling_llava_reward.default_model import RECIPE
-    from modeling_llava_reward.default_model import cross_subset
-    from modeling_llava_reward.default_model import find_data
-    from modeling_llava_reward.default_model import prepare_data
+    from llava_reward.default_backbone import build_default_backbone
+    from llava_reward.default_backbone import llava_reward_home
+    from llava_reward.cli.demo_workflow import IMAGE_SIZE
+    from llava_reward.cli.demo_workflow import RECIPE
+    from llava_reward.cli.demo_workflow import cross_subset
+    from llava_reward.cli.demo_workflow import find_data
+    from llava_reward.cli.demo_workflow import prepare_data
 
     data = find_data(args.data)
     results.update(protocol=__doc__.split("\n\n")[1], recipe=RECIPE.read_text(), data=str(data))

@@ -33,7 +33,7 @@ def image_features(backbone: Path, pairs: list) -> "torch.Tensor":
     from transformers import AutoImageProcessor
     from transformers import AutoModel
 
-    from modeling_llava_reward.image_inputs import load_image
+    from llava_reward.image_inputs import load_image
 
     vision_tower = AutoModel.from_pretrained(backbone).vision_tower.eval()
     image_processor = AutoImageProcessor.from_pretrained(backbone)
@@ -95,9 +95,9 @@ def main() -> int:
     import torch
 
     torch.manual_seed(0)
-    from modeling_llava_reward.default_backbone import build_default_backbone
-    from modeling_llava_reward.default_model import find_data
-    from modeling_llava_reward.default_model import read_pairs
+    from llava_reward.default_backbone import build_default_backbone
+    from llava_reward.cli.demo_workflow import find_data
+    from llava_reward.cli.demo_workflow import read_pairs
 
     subsets = read_pairs(find_data(args.data))
     results = {"description": __doc__.split("\n\n")[1], "image_sizes": {}}

@@ -6,8 +6,13 @@ from transformers import PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
 
+try:  # installed package: the one registry of objectives
+    from llava_reward.objectives import get_objective
+except ImportError:  # code files shipped next to a checkpoint (trust_remote_code), where the files are siblings
+    from .objectives import get_objective
+
+
 HEADS = ("skipca", "linear")
-OBJECTIVES = ("bt", "gpm", "ce")
 POOLINGS = ("last", "mean")
 
 
@@ -20,13 +25,13 @@ class LlavaRewardConfig(PreTrainedConfig):
 
     Args:
         vlm_config (`dict` or `PreTrainedConfig`, *optional*):
-            Configuration of the wrapped VLM (any supported family, see `modeling_llava_reward.families`).
+            Configuration of the wrapped VLM (any supported family, see `llava_reward.families`).
             Defaults to a LLaVA-1.5 configuration.
         head (`str`, *optional*, defaults to `"skipca"`):
             `"skipca"` (the paper's head) or `"linear"` (the "w/o SkipCA" ablation: value head on `h` directly).
         objective (`str`, *optional*, defaults to `"bt"`):
             `"bt"` (Bradley-Terry reward), `"gpm"` (General Preference Model embedding) or `"ce"` (a logit trained
-            with cross-entropy, e.g. safety).
+            with cross-entropy, e.g. safety): a key of `llava_reward.objectives.OBJECTIVES`.
         reward_dim (`int`, *optional*, defaults to 1):
             Output size of the value head: 1 for `bt`/`ce`, an even number >= 2 for `gpm`.
         tau (`float`, *optional*, defaults to 0.1):
@@ -54,7 +59,7 @@ class LlavaRewardConfig(PreTrainedConfig):
     Example:
 
     ```python
-    >>> from configuration import LlavaRewardConfig
+    >>> from llava_reward import LlavaRewardConfig
     >>> config = LlavaRewardConfig(objective="gpm", reward_dim=2)
     >>> config.vlm_config.model_type, config.num_labels
     ('llava', 1)
@@ -87,18 +92,10 @@ class LlavaRewardConfig(PreTrainedConfig):
 
     def _check_fields(self):
         """Raise a `ValueError` naming the field of the first invalid value or combination."""
-        for field, value, allowed in (
-            ("head", self.head, HEADS),
-            ("objective", self.objective, OBJECTIVES),
-            ("pooling", self.pooling, POOLINGS),
-        ):
+        for field, value, allowed in (("head", self.head, HEADS), ("pooling", self.pooling, POOLINGS)):
             if value not in allowed:
                 raise ValueError(f"`{field}` must be one of {allowed}, got {value!r}.")
-        if self.objective == "gpm":
-            if self.reward_dim < 2 or self.reward_dim % 2:
-                raise ValueError(f"`reward_dim` must be even and >= 2 for objective='gpm', got {self.reward_dim}.")
-        elif self.reward_dim != 1:
-            raise ValueError(f"`reward_dim` must be 1 for objective={self.objective!r}, got {self.reward_dim}.")
+        get_objective(self.objective).check_reward_dim(self.reward_dim)
         if not self.tau > 0:
             raise ValueError(f"`tau` must be > 0, got {self.tau}.")
         num_layers = self.vlm_config.get_text_config(decoder=True).num_hidden_layers

@@ -7,15 +7,16 @@
   write metrics.json, report.md, scores.jsonl and PNG plots (`llava-reward evaluate` on the command line).
 
 Example:
-    >>> from evaluation import BENCHMARKS, load_metric
+    >>> from llava_reward.evaluation import BENCHMARKS, load_metric
     >>> sorted(BENCHMARKS)
     ['mjbench', 'pairwise', 'tifa160', 'unpaired']
     >>> load_metric("pairwise_accuracy").compute(chosen_scores=[2.0, 1.0], rejected_scores=[1.0, 1.0], num_bootstrap=0)["accuracy_with_ties"]
     0.5
 """
 
+from llava_reward.data_formats import BadRowsError
+
 from .benchmarks import BENCHMARKS
-from .benchmarks import BadRowsError
 from .benchmarks import read_benchmark
 from .report import load_references
 from .runner import METRICS_DIR

@@ -5,7 +5,7 @@ without touching the process-wide backend a notebook or application may have cho
 
 Example:
     >>> import numpy as np
-    >>> from evaluation.plots import reliability_bins
+    >>> from llava_reward.evaluation.plots import reliability_bins
     >>> table = reliability_bins(np.array([0.1, 0.2, 0.8, 0.9]), np.array([0, 1, 1, 1]), num_bins=2)
     >>> [(row["count"], row["observed_frequency"]) for row in table["bins"]], round(table["expected_calibration_error"], 4)
     ([(2, 0.5), (2, 1.0)], 0.25)

@@ -4,7 +4,7 @@ The reference numbers are the JSON files of `evaluation/references/` (schema in 
 `{benchmark, subset, metric, model, value, unit, table}` per source paper.
 
 Example:
-    >>> from evaluation.report import load_references
+    >>> from llava_reward.evaluation.report import load_references
     >>> sorted({row["benchmark"] for row in load_references()})[:3]
     ['efficiency', 'geneval', 'mjbench']
 """

@@ -6,8 +6,8 @@ and a run into a folder that already holds one scores only the rows it lacks, in
 would have used, so that its final outputs are the same.
 
 Example:
-    >>> from evaluation import Evaluation
-    >>> from modeling_llava_reward import LlavaRewardScorer
+    >>> from llava_reward.evaluation import Evaluation
+    >>> from llava_reward import LlavaRewardScorer
     >>> evaluation = Evaluation("mjbench", "../shared/data/mjbench_quality/human", "out/human")  # doctest: +SKIP
     >>> metrics = evaluation.run(LlavaRewardScorer.from_pretrained("my-reward"), model="my-reward")  # doctest: +SKIP
     >>> metrics["results"]["overall"]["accuracy_with_ties"]  # doctest: +SKIP
@@ -22,16 +22,20 @@ import os
 from pathlib import Path
 
 import numpy as np
+import torch
 from scipy.special import expit
 
-from modeling_llava_reward.image_inputs import InputError
+from llava_reward.data_formats import BadRow
+from llava_reward.data_formats import BadRowsError
+from llava_reward.image_inputs import InputError
+from llava_reward.objectives import get_objective
+from llava_reward.objectives import names_with
+from llava_reward.scoring import score_rows
 
 from . import plots
 from .benchmarks import LABELLED
 from .benchmarks import PAIRS
 from .benchmarks import RATED
-from .benchmarks import BadRow
-from .benchmarks import BadRowsError
 from .benchmarks import read_benchmark
 from .report import write_report
 
@@ -152,7 +156,7 @@ class Evaluation:
             "num_rows": len(scored),
             "num_rows_read": self.rows.num_rows,
             "human_ties": self.rows.human_ties,
-            "skipped_rows": [dataclasses.asdict(bad) for bad in self.skipped],
+            "skipped_rows": [{"id": str(bad.row), "problem": bad.problem} for bad in self.skipped],
             "results": results,
             "calibration": calibration,  # the reliability diagram's bins (None without a probability to check)
             "plots": plot_files,
@@ -205,24 +209,19 @@ class Evaluation:
         batches = [[item for item in items[start : start + size] if item.id not in store.records] for start in range(0, len(items), size)]
         batches = [batch for batch in batches if batch]
         for batch in tqdm(batches, desc="scoring", unit="batch", disable=None if progress is None else not progress):
-            scored = self._score_batch(scorer, batch, batch_size, task.images_per_item)
-            store.append([{**item.fields, **task.scored_fields(rewards)} for item, rewards in scored])
+            results = score_rows(scorer, [(item.prompts, item.images) for item in batch], batch_size=batch_size)
+            scored = []
+            for item, rewards in zip(batch, results):
+                if isinstance(rewards, InputError):  # an unreadable image file, or one the image processor refuses
+                    self._skip(BadRow(item.id, str(rewards)))
+                else:
+                    scored.append({**item.fields, **task.scored_fields(rewards)})
+            store.append(scored)
 
-    def _score_batch(self, scorer, items: list, batch_size: int, images_per_item: int) -> list:
-        """(item, rewards) pairs; a batch the scorer refuses is retried row by row to find the bad row."""
-        prompts = [prompt for item in items for prompt in item.prompts]
-        images = [image for item in items for image in item.images]
-        try:
-            rewards = scorer.score(prompts, images, batch_size=batch_size, progress=False)
-        except InputError as error:  # an unreadable image file, or one the image processor refuses
-            if len(items) > 1:
-                return [pair for item in items for pair in self._score_batch(scorer, [item], batch_size, images_per_item)]
-            bad = BadRow(items[0].id, str(error))
-            if not self.skip_bad:
-                raise BadRowsError([bad]) from None
-            self.skipped.append(bad)
-            return []
-        return list(zip(items, rewards.split(images_per_item)))
+    def _skip(self, bad: BadRow) -> None:
+        if not self.skip_bad:
+            raise BadRowsError([bad])
+        self.skipped.append(bad)
 
 
 class ScoreFile:
@@ -291,11 +290,12 @@ class _Task:
 
     def __init__(self, scorer, protocol: Protocol):
         config = scorer.model.config
-        self.objective, self.tau, self.protocol = config.objective, config.tau, protocol
-        if self.needs_scalar_reward and self.objective == "gpm":
+        self.objective, self.tau, self.protocol = get_objective(config.objective), config.tau, protocol
+        if self.needs_scalar_reward and not self.objective.scalar:
             raise InputError(
-                f"This benchmark scores images one at a time and needs a scalar reward (objective 'bt' or 'ce'); "
-                "a 'gpm' model only compares two images."
+                f"This benchmark scores images one at a time and needs a scalar reward (objective "
+                f"{names_with('scalar')}); a "
+                f"{config.objective!r} model only compares two images."
             )
 
     def scored_fields(self, rewards) -> dict:
@@ -318,11 +318,9 @@ class PairTask(_Task):
     needs_scalar_reward = False
 
     def scored_fields(self, rewards) -> dict:
-        from modeling_llava_reward.preference import preference_probability
-
         fields = {"chosen_reward": rewards[0].tolist(), "rejected_reward": rewards[1].tolist()}
-        if self.objective != "ce":  # a CE model rates each image on its own: no pairwise probability
-            fields["p_chosen"] = preference_probability(rewards[0], rewards[1], self.objective, self.tau).item()
+        if self.objective.pairwise:  # a CE model rates each image on its own: no pairwise probability
+            fields["p_chosen"] = self.objective.preference_probability(rewards[0], rewards[1], self.tau).item()
         return fields
 
     def results(self, items: list, records: list[dict]) -> dict:
@@ -339,7 +337,7 @@ class PairTask(_Task):
 
     def _accuracy(self, records: list[dict]):
         options = {"tie_threshold": self.protocol.tie_threshold, "num_bootstrap": self.protocol.num_bootstrap, "seed": self.protocol.seed}
-        if self.objective == "gpm":  # embeddings have no order of their own: compare P(chosen > rejected) with 1/2
+        if not self.objective.scalar:  # embeddings have no order of their own: compare P(chosen > rejected) with 1/2
             metric = load_metric("pairwise_accuracy", "probabilities")
             return lambda members: metric.compute(probabilities=[records[i]["p_chosen"] for i in members], **options)
         metric = load_metric("pairwise_accuracy")
@@ -352,16 +350,13 @@ class PairTask(_Task):
     def plots(self, items: list, records: list[dict], output_dir: Path) -> tuple[dict, dict]:
         chosen = np.array([record["chosen_reward"] for record in records])
         rejected = np.array([record["rejected_reward"] for record in records])
-        if self.objective == "gpm":
-            from modeling_llava_reward.preference import preference_logit
-            import torch
-
-            logits = preference_logit(torch.from_numpy(chosen), torch.from_numpy(rejected), "gpm").numpy()
+        if not self.objective.scalar:
+            logits = self.objective.preference_logit(torch.from_numpy(chosen), torch.from_numpy(rejected)).numpy()
             files = self.histogram({"pairs": logits}, output_dir, "s(chosen, rejected)", "GPM preference score of each pair")
         else:
             files = self.histogram({"chosen": chosen, "rejected": rejected}, output_dir, "reward", "Rewards of chosen and rejected images")
         ones, zeros = np.ones(len(records)), np.zeros(len(records))
-        if self.objective == "ce":  # what a CE model predicts: P(image is the good one) = sigmoid(reward)
+        if not self.objective.pairwise:  # what a CE model predicts: P(image is the good one) = sigmoid(reward)
             probabilities = expit(np.concatenate([chosen, rejected]))
             xlabel, title = "sigmoid(reward) = P(preferred)", "Reliability of P(preferred), chosen = 1, rejected = 0"
         else:  # each pair seen both ways round, so that the outcomes are not all 1
@@ -397,7 +392,7 @@ class RatedTask(_Task):
         levels = np.rint(ratings)
         groups = {f"rating {level:g}": rewards[levels == level] for level in np.unique(levels)}
         files = self.histogram(groups, output_dir, "reward", "Rewards by human rating (rounded)")
-        if self.objective != "bt":  # only a BT reward turns a difference into a preference probability
+        if not (self.objective.pairwise and self.objective.scalar):  # only a BT reward's difference is a preference
             return None, files
         first, second = np.triu_indices(len(items), k=1)
         decided = ratings[first] != ratings[second]

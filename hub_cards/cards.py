@@ -6,7 +6,7 @@ A perspective's card is built from the files of its folder: `config.json` (base 
 missing.
 
 Example:
-    >>> from hub_cards.cards import metric_rows
+    >>> from llava_reward.hub_cards.cards import metric_rows
     >>> metric_rows({"mjbench": {"accuracy": 0.91234}, "loss": 0.3})
     [('mjbench', 'accuracy', '0.9123'), ('', 'loss', '0.3')]
 """
@@ -21,10 +21,11 @@ from huggingface_hub import ModelCardData
 from huggingface_hub.utils import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
-from configuration import LlavaRewardConfig
-from modeling_llava_reward.bundle import ADAPTER_CONFIG
-from modeling_llava_reward.bundle import is_adapter_bundle
-from modeling_llava_reward.families import get_family
+from llava_reward.configuration import LlavaRewardConfig
+from llava_reward.bundle import ADAPTER_CONFIG
+from llava_reward.bundle import is_adapter_bundle
+from llava_reward.families import get_family
+from llava_reward.objectives import get_objective
 
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -40,7 +41,6 @@ PERSPECTIVES = {
     "safety": "whether the image is safe: free of sexual, violent, hateful or otherwise harmful content",
     "overall": "overall human preference between images generated for the same prompt",
 }
-OBJECTIVE_NAMES = {"bt": "Bradley-Terry", "gpm": "General Preference Model", "ce": "cross-entropy (binary labels)"}
 # Recipe keys that say where files and logs went on the training machine, not how the model was trained (the base
 # model is in the card's model table, as a Hub id).
 UNDESCRIPTIVE_RECIPE_KEYS = {
@@ -212,12 +212,12 @@ def render_perspective_card(
         base_model_revision=config.base_model_revision,
         family=get_family(config.vlm_config.model_type).name,
         objective=config.objective,
-        objective_name=OBJECTIVE_NAMES[config.objective],
+        objective_name=get_objective(config.objective).display_name,
         tau=config.tau,
         reward_dim=config.reward_dim,
         has_lora=lora is not None,
         skipca=config.head == "skipca",
-        output_description=_output_description(config),
+        output_description=get_objective(config.objective).describe_output(config.reward_dim),
         head_description=_head_description(config),
         hidden_layer_description=(
             "final normed hidden state" if config.hidden_layer == -1 else f"hidden state {config.hidden_layer}"
@@ -244,13 +244,6 @@ def render_repo_card(repo_id: str, perspectives: list[str], base_model: str | No
         base_model=base_model or "(not recorded)",
         base_model_name=Path(base_model or "a VLM").name,
     )
-
-
-def _output_description(config: LlavaRewardConfig) -> str:
-    if config.objective == "gpm":
-        return f"a preference embedding in R^{config.reward_dim} per image (`score` returns shape `(N, {config.reward_dim})`)"
-    kind = "reward" if config.objective == "bt" else "logit"
-    return f"one scalar {kind} per image (`score` returns shape `(N,)`)"
 
 
 def _head_description(config: LlavaRewardConfig) -> str:

@@ -17,7 +17,7 @@ something else (e.g. which tokens its Qwen cross-attention saw), the difference 
 the model card.
 
 Example:
-    >>> from hub_cards.convert_original import PUBLISHED_LAYOUTS
+    >>> from llava_reward.hub_cards.convert_original import PUBLISHED_LAYOUTS
     >>> sorted(PUBLISHED_LAYOUTS)
     ['llava_next', 'phi3_v', 'qwen2_5_vl']
 """
@@ -36,10 +36,11 @@ from safetensors.torch import load_file
 
 from transformers import AutoConfig
 
-from modeling_llava_reward.bundle import save_reward_bundle
-from modeling_llava_reward.families import get_family
-from modeling_llava_reward.modeling_llava_reward import LlavaRewardModel
-from modeling_llava_reward.processing_llava_reward import LlavaRewardProcessor
+from llava_reward.bundle import save_reward_bundle
+from llava_reward.families import get_family
+from llava_reward.objectives import get_objective
+from llava_reward.modeling_llava_reward import LlavaRewardModel
+from llava_reward.processing_llava_reward import LlavaRewardProcessor
 
 from .cards import CONVERSION_FILE
 from .cards import PERSPECTIVES
@@ -273,8 +274,8 @@ def _reward_fields(published: dict, weights: dict, objective: str | None, use_sk
         if objective not in (None, "gpm"):
             raise ValueError(f"The checkpoint is a General Preference Model; objective={objective!r} does not apply.")
         objective = "gpm"
-    elif objective not in (None, "bt", "ce"):
-        raise ValueError(f"objective must be 'bt' or 'ce' for this scalar-reward checkpoint, got {objective!r}.")
+    elif objective is not None and not get_objective(objective).scalar:
+        raise ValueError(f"objective must have scalar rewards for this scalar-reward checkpoint, got {objective!r}.")
     return dict(
         objective=objective or "bt",
         reward_dim=value_head[0].shape[0],

@@ -15,7 +15,7 @@ of an earlier push that the new one does not have are deleted in the same commit
 The repo's root card lists the perspectives; it is (re)written unless someone replaced it with their own text.
 
 Example:
-    >>> from hub_cards.push import files_that_belong
+    >>> from llava_reward.hub_cards.push import files_that_belong
     >>> files_that_belong("outputs/fidelity")  # doctest: +SKIP
     ['adapter_config.json', 'adapter_model.safetensors', 'config.json', 'processor_config.json', ...]
 """
@@ -31,8 +31,8 @@ from huggingface_hub import CommitOperationDelete
 from huggingface_hub import HfApi
 from huggingface_hub.utils import validate_repo_id
 
-from configuration import LlavaRewardConfig
-from modeling_llava_reward.bundle import is_adapter_bundle
+from llava_reward.configuration import LlavaRewardConfig
+from llava_reward.bundle import is_adapter_bundle
 
 from .cards import CONVERSION_FILE
 from .cards import METRICS_FILE

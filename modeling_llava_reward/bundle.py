@@ -10,7 +10,7 @@ Two layouts, told apart by their files:
 * **full model** (full fine-tuning): `LlavaRewardModel.save_pretrained` output (`model.safetensors` + code files).
 
 Example:
-    >>> from modeling_llava_reward.bundle import REWARD_HEAD_WEIGHTS
+    >>> from llava_reward.bundle import REWARD_HEAD_WEIGHTS
     >>> REWARD_HEAD_WEIGHTS
     'reward_head.safetensors'
 """
@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 from safetensors.torch import save_file
 from transformers import AutoModel
 
-from configuration import LlavaRewardConfig
+from .configuration import LlavaRewardConfig
 
 from .modeling_llava_reward import LlavaRewardModel
 
@@ -131,11 +131,15 @@ def reward_model_on(path: str | os.PathLike, vlm) -> LlavaRewardModel:
     """
     model = LlavaRewardModel(LlavaRewardConfig.from_pretrained(path), vlm=vlm)
     model.place_head_with_decoder()
-    _load_head(model, Path(path) / REWARD_HEAD_WEIGHTS)
+    load_reward_head(model, Path(path) / REWARD_HEAD_WEIGHTS)
     return model
 
 
-def _load_head(model: LlavaRewardModel, weights_file: Path):
+def load_reward_head(model: LlavaRewardModel, weights_file: str | os.PathLike) -> None:
+    """Copy the projector, SkipCA and value-head weights of `weights_file` (a `reward_head.safetensors`) into `model`.
+
+    Raises a `ValueError` naming the file when its tensors are not exactly the ones `model` trains.
+    """
     saved = load_file(weights_file)
     expected = reward_head_state_dict(model)
     missing, unexpected = expected.keys() - saved.keys(), saved.keys() - expected.keys()

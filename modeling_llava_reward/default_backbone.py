@@ -15,7 +15,7 @@ the build downloads anything; the same installed packages give the same weights 
 
 Example:
     >>> import os
-    >>> from modeling_llava_reward.default_backbone import default_backbone_dir
+    >>> from llava_reward.default_backbone import default_backbone_dir
     >>> os.environ["LLAVA_REWARD_HOME"] = "/tmp/llava-reward-home"
     >>> default_backbone_dir().as_posix()
     '/tmp/llava-reward-home/backbones/llava-smollm2-135m-dinov2-vits14-224px'
@@ -180,7 +180,7 @@ def llava_reward_home() -> pathlib.Path:
 
     Example:
         >>> import os
-        >>> from modeling_llava_reward.default_backbone import llava_reward_home
+        >>> from llava_reward.default_backbone import llava_reward_home
         >>> os.environ["LLAVA_REWARD_HOME"] = "/tmp/llava-reward-home"
         >>> llava_reward_home().as_posix()
         '/tmp/llava-reward-home'
@@ -199,7 +199,7 @@ def default_backbone_dir(image_size: int = DEFAULT_IMAGE_SIZE) -> pathlib.Path:
 
     Example:
         >>> import os
-        >>> from modeling_llava_reward.default_backbone import default_backbone_dir
+        >>> from llava_reward.default_backbone import default_backbone_dir
         >>> os.environ["LLAVA_REWARD_HOME"] = "/tmp/llava-reward-home"
         >>> default_backbone_dir().relative_to("/tmp/llava-reward-home").as_posix()
         'backbones/llava-smollm2-135m-dinov2-vits14-224px'
@@ -257,7 +257,7 @@ def check_dependencies() -> dict[str, pathlib.Path]:
     (``"photos"``, a list).
 
     Example:
-        >>> from modeling_llava_reward.default_backbone import check_dependencies
+        >>> from llava_reward.default_backbone import check_dependencies
         >>> sorted(check_dependencies())  # doctest: +SKIP
         ['gguf', 'onnx', 'photos']
     """
@@ -452,7 +452,7 @@ def vision_parity(encoder, onnx_model, image_processor, photos: list[pathlib.Pat
     reads) and ``last_hidden_state``, their maximum (``"max"``), the photos and the image size.
 
     Example:
-        >>> from modeling_llava_reward import default_backbone as db
+        >>> from llava_reward import default_backbone as db
         >>> onnx_model = db.load_onnx_graph(db.check_dependencies()["onnx"])  # doctest: +SKIP
         >>> report = db.vision_parity(db.convert_vision_encoder(onnx_model), onnx_model,
         ...                           db.make_image_processor(), db.locate_parity_photos())  # doctest: +SKIP
@@ -665,7 +665,7 @@ def build_default_backbone(
 
     Example:
         >>> from transformers import AutoModel, AutoProcessor
-        >>> from modeling_llava_reward.default_backbone import build_default_backbone
+        >>> from llava_reward.default_backbone import build_default_backbone
         >>> path = build_default_backbone(progress=False)  # doctest: +SKIP
         >>> type(AutoModel.from_pretrained(path)).__name__  # doctest: +SKIP
         'LlavaModel'

@@ -6,7 +6,7 @@ trained on). Those facts live here, keyed by the VLM config's ``model_type``, in
 branches scattered through the code (the published implementation's defect 7).
 
 Example:
-    >>> from modeling_llava_reward.families import get_family
+    >>> from llava_reward.families import get_family
     >>> get_family("qwen2_5_vl").projector_modules
     ('visual.merger',)
 """

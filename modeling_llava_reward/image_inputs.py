@@ -6,7 +6,7 @@ in [0, 1]) and torch tensors (CHW or NCHW; float in [0, 1] or uint8). EXIF orien
 
 Example:
     >>> import numpy as np
-    >>> from modeling_llava_reward.image_inputs import load_images
+    >>> from llava_reward.image_inputs import load_images
     >>> [image.size for image in load_images([np.zeros((4, 6, 3), dtype=np.uint8)])]
     [(6, 4)]
 """

@@ -29,7 +29,7 @@ from .families import VlmFamily
 from .families import get_family
 
 try:  # installed package: the config class lives in the `configuration` package
-    from configuration.configuration_llava_reward import LlavaRewardConfig
+    from llava_reward.configuration import LlavaRewardConfig
 except ImportError:
     # Code files shipped next to a checkpoint (trust_remote_code), where the two files are siblings. This relative
     # import is also what makes `save_pretrained` ship the config file (a symlink in this package's folder).
@@ -136,8 +136,8 @@ class LlavaRewardModel(LlavaRewardPreTrainedModel):
 
     ```python
     >>> import torch
-    >>> from modeling_llava_reward import LlavaRewardModel
-    >>> from modeling_llava_reward.testing import tiny_vlm, tiny_images
+    >>> from llava_reward import LlavaRewardModel
+    >>> from llava_reward.testing import tiny_vlm, tiny_images
     >>> vlm, processor = tiny_vlm("llava")
     >>> model = LlavaRewardModel.from_vlm(vlm, objective="bt").eval()
     >>> inputs = processor(text=["<image>A red square"] * 2, images=tiny_images(2), return_tensors="pt")
@@ -189,8 +189,8 @@ class LlavaRewardModel(LlavaRewardPreTrainedModel):
         Example:
 
         ```python
-        >>> from modeling_llava_reward import LlavaRewardModel
-        >>> from modeling_llava_reward.testing import tiny_vlm
+        >>> from llava_reward import LlavaRewardModel
+        >>> from llava_reward.testing import tiny_vlm
         >>> model = LlavaRewardModel.from_vlm(tiny_vlm("qwen2_5_vl")[0], objective="gpm", reward_dim=2)
         >>> model.config.perspective, model.value_head.out_features
         ('overall', 2)

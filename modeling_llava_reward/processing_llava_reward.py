@@ -46,7 +46,7 @@ class LlavaRewardProcessor(ProcessorMixin):
     Args:
         image_processor: the VLM family's image processor.
         tokenizer: the VLM's tokenizer.
-        family (`str`): registry name of the VLM family (`modeling_llava_reward.families`).
+        family (`str`): registry name of the VLM family (`llava_reward.families`).
         vlm_processor_class (`str`): name of the family's transformers processor class (e.g. `"LlavaProcessor"`).
         vlm_processor_kwargs (`dict`, *optional*): its extra constructor arguments (`patch_size`, ...).
         prompt_template (`str`, *optional*): text with `{image}`, `{prompt}` and `{eos}` placeholders. Defaults to
@@ -58,8 +58,8 @@ class LlavaRewardProcessor(ProcessorMixin):
     Example:
 
     ```python
-    >>> from modeling_llava_reward import LlavaRewardProcessor
-    >>> from modeling_llava_reward.testing import tiny_vlm, tiny_images
+    >>> from llava_reward import LlavaRewardProcessor
+    >>> from llava_reward.testing import tiny_vlm, tiny_images
     >>> processor = LlavaRewardProcessor.from_vlm_processor(tiny_vlm("qwen2_5_vl")[1])
     >>> batch = processor("a red cat", tiny_images(3))   # one prompt broadcast to three images
     >>> batch["input_ids"].shape[0], int(batch["image_grid_thw"].shape[0])

@@ -1,8 +1,8 @@
 """High-level scoring: prompts and images in, rewards and preferences out.
 
 Example:
-    >>> from modeling_llava_reward import LlavaRewardModel, LlavaRewardProcessor, LlavaRewardScorer
-    >>> from modeling_llava_reward.testing import tiny_vlm, tiny_images
+    >>> from llava_reward import LlavaRewardModel, LlavaRewardProcessor, LlavaRewardScorer
+    >>> from llava_reward.testing import tiny_vlm, tiny_images
     >>> vlm, vlm_processor = tiny_vlm("llava")
     >>> scorer = LlavaRewardScorer(LlavaRewardModel.from_vlm(vlm), LlavaRewardProcessor.from_vlm_processor(vlm_processor))
     >>> scorer.score("a red cat", tiny_images(3)).shape
@@ -22,7 +22,8 @@ from .image_inputs import InputError
 from .image_inputs import as_image_list
 from .image_inputs import load_image
 from .modeling_llava_reward import LlavaRewardModel
-from .preference import preference_probability
+from .objectives import Objective
+from .objectives import get_objective
 from .processing_llava_reward import LlavaRewardProcessor
 
 
@@ -80,7 +81,15 @@ class LlavaRewardScorer:
 
     @property
     def objective(self) -> str:
+        """The name of the model's objective (`"bt"`, `"gpm"` or `"ce"`; see `llava_reward.objectives`)."""
         return self.model.config.objective
+
+    @property
+    def tau(self) -> float:
+        return self.model.config.tau
+
+    def _objective(self) -> Objective:
+        return get_objective(self.objective)
 
     @property
     def device(self) -> torch.device:
@@ -111,25 +120,22 @@ class LlavaRewardScorer:
     def compare(self, prompt: str, image_a, image_b) -> float:
         """P(image_a preferred over image_b | prompt), with the objective's formula and temperature."""
         rewards = self.score(prompt, [image_a, image_b])
-        return preference_probability(rewards[0], rewards[1], self.objective, self.model.config.tau).item()
+        return self._objective().preference_probability(rewards[0], rewards[1], self.tau).item()
 
     def preference_matrix(self, prompt: str, images, *, batch_size: int = 8) -> torch.Tensor:
         """(N, N) matrix of P(images[i] preferred over images[j] | prompt)."""
         rewards = self.score(prompt, images, batch_size=batch_size)
-        return preference_probability(rewards[:, None], rewards[None, :], self.objective, self.model.config.tau)
+        return self._objective().preference_probability(rewards[:, None], rewards[None, :], self.tau)
 
     def rank(self, prompt: str, images, *, batch_size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
         """Indices of `images` best-first, and the scores they were ranked by.
 
         BT/CE rank by reward. GPM preferences need not be transitive, so GPM ranks by Copeland score: wins minus
-        losses over all pairs (P > 0.5 is a win), ties broken by the summed preference probability.
+        losses over all pairs (P > 0.5 is a win), ties broken by the summed preference probability
+        (`Objective.ranking_scores`).
         """
-        if self.objective != "gpm":
-            scores = self.score(prompt, images, batch_size=batch_size)
-        else:
-            matrix = self.preference_matrix(prompt, images, batch_size=batch_size)
-            copeland = (matrix > 0.5).sum(1).float() - (matrix < 0.5).sum(1).float()
-            scores = copeland + matrix.sum(1) / (matrix.shape[0] ** 2)  # the tie-breaker stays below 1
+        rewards = self.score(prompt, images, batch_size=batch_size)
+        scores = self._objective().ranking_scores(rewards, self.tau)
         return torch.argsort(scores, descending=True, stable=True), scores
 
     def reward_fn(self, images, prompts, metadata=None, *, batch_size: int = 8) -> tuple[torch.Tensor, dict]:
@@ -138,8 +144,10 @@ class LlavaRewardScorer:
         `images`: a list of PIL images or an NCHW float tensor in [0, 1]; `prompts`: one per image (or one).
         Returns `(scores, info)`: a float32 CPU tensor of shape `(N,)` and a dict describing the reward.
         """
-        if self.objective == "gpm":
-            raise ValueError("A GPM model outputs preference embeddings, not scalar rewards: use rank() or compare().")
+        if not self._objective().scalar:
+            raise ValueError(
+                f"A {self.objective!r} model outputs preference embeddings, not scalar rewards: use rank() or compare()."
+            )
         scores = self.score(prompts, images, batch_size=batch_size, progress=False)
         return scores, {"objective": self.objective, "perspective": self.model.config.perspective}
 
@@ -149,6 +157,38 @@ class LlavaRewardScorer:
             key: value.to(self.device, dtype=dtype if value.is_floating_point() else None)
             for key, value in inputs.items()
         }
+
+
+def score_rows(scorer, rows: list[tuple[list, list]], *, batch_size: int = 8) -> list:
+    """Score several rows at once, each its prompts with its images (one prompt per image, or one for all).
+
+    Returns, in order, each row's rewards (`(n,)` or `(n, D)`), or the `InputError` that row raised: a batch the
+    scorer refuses (an unreadable image, one the image processor cannot take) is retried row by row, so that a bad
+    image costs its own row only. `scorer` is a `LlavaRewardScorer` (or anything with its `score`).
+
+    Example:
+        >>> from llava_reward import LlavaRewardModel, LlavaRewardProcessor, LlavaRewardScorer
+        >>> from llava_reward.scoring import score_rows
+        >>> from llava_reward.testing import tiny_vlm, tiny_images
+        >>> vlm, vlm_processor = tiny_vlm("llava")
+        >>> scorer = LlavaRewardScorer(LlavaRewardModel.from_vlm(vlm), LlavaRewardProcessor.from_vlm_processor(vlm_processor))
+        >>> results = score_rows(scorer, [(["a cat"], tiny_images(2)), (["a dog"], ["missing.png"])])
+        >>> results[0].shape, type(results[1]).__name__
+        (torch.Size([2]), 'InputError')
+    """
+    prompts = [prompt for row_prompts, row_images in rows for prompt in _per_image(row_prompts, row_images)]
+    images = [image for _, row_images in rows for image in row_images]
+    try:
+        rewards = scorer.score(prompts, images, batch_size=batch_size, progress=False)
+    except InputError as error:
+        if len(rows) == 1:
+            return [error]
+        return [result for row in rows for result in score_rows(scorer, [row], batch_size=batch_size)]
+    return list(rewards.split([len(row_images) for _, row_images in rows]))
+
+
+def _per_image(prompts: list, images: list) -> list:
+    return list(prompts) * len(images) if len(prompts) == 1 else list(prompts)
 
 
 def _resolve_folder(path_or_repo, subfolder: str | None, revision: str | None) -> Path:

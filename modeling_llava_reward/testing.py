@@ -5,7 +5,7 @@ processor class of that family, with an in-memory byte-level tokenizer and the P
 torchvision, no Hub).
 
 Example:
-    >>> from modeling_llava_reward.testing import tiny_vlm, tiny_images
+    >>> from llava_reward.testing import tiny_vlm, tiny_images
     >>> vlm, processor = tiny_vlm("qwen2_5_vl")
     >>> batch = processor(text=[processor.image_placeholder + "a cat"], images=tiny_images(1), return_tensors="pt")
     >>> sorted(key for key in batch if key != "pixel_values")
@@ -13,6 +13,7 @@ Example:
 """
 
 import io
+import os
 import struct
 import zlib
 from collections.abc import Callable
@@ -31,6 +32,7 @@ from transformers import PreTrainedTokenizerFast
 from transformers import ProcessorMixin
 
 from .families import get_family
+from . import processing_llava_reward
 from .processing_llava_reward import without_video
 
 
@@ -330,3 +332,40 @@ def write_bad_image_files(folder) -> dict[str, Path]:
         paths[name] = folder / f"{name}.png"
         paths[name].write_bytes(content)
     return paths
+
+
+def save_tiny_perspective(
+    base_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    perspective: str,
+    lora: bool = True,
+    seed: int = 0,
+    base_model: str | None = None,
+    **config_fields,
+) -> Path:
+    """An adapter bundle on the tiny base VLM saved at `base_dir`, as if trained: non-zero LoRA B weights (so
+    adapters differ), a perturbed projector and a random head, seeded by `seed`.
+
+    `base_model` records another name for the base (e.g. the Hub id it has in a hand-made cache).
+    """
+    from .bundle import save_reward_bundle
+    from .modeling_llava_reward import LlavaRewardModel
+
+    torch.manual_seed(seed)
+    model = LlavaRewardModel.from_vlm(str(base_dir), perspective=perspective, **config_fields)
+    if base_model is not None:
+        model.config.base_model = base_model
+    with torch.no_grad():
+        for parameter in model.family.projector_parameters(model.vlm).values():
+            parameter.add_(torch.randn_like(parameter) * 0.05)
+    if lora:
+        from peft import LoraConfig
+        from peft import get_peft_model
+
+        model = get_peft_model(model, LoraConfig(target_modules=model.family.lora_target_modules, r=4, lora_alpha=8))
+        with torch.no_grad():
+            for name, parameter in model.named_parameters():
+                if "lora_B" in name:
+                    parameter.normal_(std=0.1)
+    return save_reward_bundle(model, out_dir, processing_llava_reward.LlavaRewardProcessor.from_base(str(base_dir)))

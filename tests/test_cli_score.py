@@ -21,14 +21,14 @@ import pytest
 import torch
 from PIL import Image
 
-from modeling_llava_reward import LlavaRewardModel
-from modeling_llava_reward import LlavaRewardProcessor
-from modeling_llava_reward import LlavaRewardScorer
-from modeling_llava_reward.commands import main
-from modeling_llava_reward.commands.score import read_rows
-from modeling_llava_reward.testing import tiny_images
-from modeling_llava_reward.testing import tiny_vlm
-from modeling_llava_reward.testing import write_bad_image_files
+from llava_reward import LlavaRewardModel
+from llava_reward import LlavaRewardProcessor
+from llava_reward import LlavaRewardScorer
+from llava_reward.cli import main
+from llava_reward.cli.score import read_rows
+from llava_reward.testing import tiny_images
+from llava_reward.testing import tiny_vlm
+from llava_reward.testing import write_bad_image_files
 
 
 LLAVA_REWARD = Path(sys.executable).parent / "llava-reward"
@@ -241,7 +241,7 @@ def test_image_paths_resolve_under_image_root_with_leading_folders_dropped(tmp_p
     ]
     (tmp_path / "rows.jsonl").write_text("\n".join(json.dumps(row) for row in rows) + "\n\n")
     parsed = read_rows(tmp_path / "rows.jsonl", image_root=str(image_files[0].parent))
-    assert [row.paths[0].name for row in parsed[:3]] == [path.name for path in image_files]
+    assert [Path(row.images[0]).name for row in parsed[:3]] == [path.name for path in image_files]
     assert str(parsed[3]) == (
         f"row 3: 'path': image file 'data/elsewhere/nothing.png' not found (looked under {image_files[0].parent})."
     )
@@ -302,7 +302,7 @@ def test_file_and_model_level_errors_exit_1(run_cli, models, image_files, tmp_pa
         (["score", "--model", bt, "--input", str(tmp_path / "absent.json")], "absent.json: file not found."),
         (["score", "--model", bt, "--input", str(tmp_path / "broken.json")], "broken.json: not valid JSON (Expecting"),
         (["score", "--model", bt, "--input", str(tmp_path / "object.json")],
-         "expected a JSON list of rows, got a JSON dict"),
+         "expected a JSON list of rows (one object per row), got a JSON dict"),
         (["compare", "--model", bt, "--input", str(tmp_path / "unpaired.json")],
          "unpaired.json: row 0: compare needs a pairwise row (prompt, chosen_path, reject_path)."),
         (["score", "--model", bt, "--input", str(tmp_path / "all_bad.json"), "--skip-bad"],
@@ -372,11 +372,11 @@ def test_a_batch_file_with_bad_rows(models, image_files, tmp_path):
         3: "the image data is corrupt or truncated",
         4: "not an image file Pillow can read.",
         5: "refused as a possible decompression bomb",
-        6: "'path': image file 'a_folder.png' not found",
-        7: "prompt 0: contains characters that are not valid Unicode",
+        6: "'path': image path 'a_folder.png' is a folder, not an image file.",
+        7: "contains bytes that are not valid UTF-8.",
         8: "prompt 0: contains the tokenizer's special token '<|image_pad|>'",
-        9: "'prompt' is a list of 3; expected [prompt_chosen, prompt_rejected].",
-        10: "expected a pairwise row (prompt, chosen_path, reject_path) or an unpaired row (prompt, path)",
+        9: "'prompt' must be a string or [prompt_chosen, prompt_rejected].",
+        10: "missing field 'chosen_path' (has ['prompt']).",
         11: "not valid JSON (Expecting value",
         12: "expected a JSON object, got int.",
         15: "image 0 (1x300 pixels): Qwen2VLImageProcessorPil cannot process it",

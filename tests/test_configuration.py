@@ -3,7 +3,7 @@
 import pytest
 from transformers import AutoConfig
 
-from configuration import LlavaRewardConfig
+from llava_reward.configuration import LlavaRewardConfig
 
 
 def test_defaults_are_the_papers():

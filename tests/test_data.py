@@ -10,14 +10,14 @@ import pytest
 import torch
 from PIL import Image
 
-from modeling_llava_reward import LlavaRewardProcessor
-from modeling_llava_reward.image_inputs import InputError
-from modeling_llava_reward.testing import tiny_vlm
-from trainers.data import LlavaRewardDataCollator
-from trainers.data import detect_format
-from trainers.data import load_preference_data
-from trainers.synthetic import colour_square
-from trainers.synthetic import write_colour_task
+from llava_reward import LlavaRewardProcessor
+from llava_reward.data_formats import detect_format
+from llava_reward.image_inputs import InputError
+from llava_reward.testing import tiny_vlm
+from llava_reward.trainers.data import LlavaRewardDataCollator
+from llava_reward.trainers.data import load_preference_data
+from llava_reward.trainers.synthetic import colour_square
+from llava_reward.trainers.synthetic import write_colour_task
 
 
 # Resolved: the loaders resolve symlinks, and ../shared may itself be one.
@@ -88,7 +88,7 @@ def test_mjbench_label_order_and_ties(tmp_path, caplog):
         {"caption": "two", "image_0": "a.png", "image_1": "b.png", "label_0": 0},
         {"caption": "tie", "image_0": "a.png", "image_1": "b.png", "label_0": 0.5},
     ]
-    with caplog.at_level(logging.WARNING, logger="trainers.data"):
+    with caplog.at_level(logging.WARNING, logger="llava_reward.trainers.data"):
         pairs = load_preference_data(write_json(tmp_path / "captions_x.json", rows))
     assert pairs["prompt"] == ["one", "two"] and pairs["row"] == [0, 1]
     assert Path(pairs[0]["chosen"]).name == "a.png" and Path(pairs[1]["chosen"]).name == "b.png"
@@ -104,7 +104,7 @@ def test_rated_rows_become_pairs_per_prompt_with_the_rating_gap_as_margin(tmp_pa
         {"prompt": "dog", "image": "d.png", "rating": 1.5},
         {"prompt": "dog", "image": "e.png", "rating": 1},
     ]
-    with caplog.at_level(logging.WARNING, logger="trainers.data"):
+    with caplog.at_level(logging.WARNING, logger="llava_reward.trainers.data"):
         pairs = load_preference_data(write_json(tmp_path / "rated.json", rows))
     got = sorted(
         (
@@ -172,7 +172,7 @@ def test_missing_image_names_the_json_file_row_and_path(tmp_path):
             {"prompt": "p", "chosen_path": "a.png", "reject_path": "gone.png"},
         ],
     )
-    with pytest.raises(InputError, match=r"pairs\.json row 1, 'rejected': image file 'gone\.png' not found"):
+    with pytest.raises(InputError, match=r"pairs\.json row 1: 'reject_path': image file 'gone\.png' not found"):
         load_preference_data(path)
 
 
@@ -202,7 +202,7 @@ def test_skip_option_drops_and_counts_unreadable_rows(tmp_path, caplog):
             {"prompt": "p", "path": "a.png", "label": 0},
         ],
     )
-    with caplog.at_level(logging.WARNING, logger="trainers.data"):
+    with caplog.at_level(logging.WARNING, logger="llava_reward.trainers.data"):
         rows = load_preference_data(path, on_bad_image="skip")
     assert rows["row"] == [0, 2]
     assert "skipped 1 of 3 rows" in caplog.text and "broken.png" in caplog.text
@@ -213,7 +213,7 @@ def test_skip_option_drops_and_counts_unreadable_rows(tmp_path, caplog):
     [
         (
             [{"prompt": "p", "chosen_path": "a.png", "reject_path": "a.png"}, {"prompt": "p", "chosen_path": "a.png"}],
-            r"data\.json row 1: missing field 'reject_path'",
+            r"data\.json row 1: missing field .reject_path.",
         ),
         ([{"prompt": "p", "path": "a.png", "label": 2}], r"row 0: 'label' must be 0 or 1, got 2"),
         (
@@ -221,10 +221,10 @@ def test_skip_option_drops_and_counts_unreadable_rows(tmp_path, caplog):
             r"\[prompt_chosen, prompt_rejected\]",
         ),
         ([{"caption": "c", "image_0": "a.png", "image_1": "a.png", "label_0": 3}], r"'label_0' must be 1"),
-        ([{"prompt": "p", "image": "a.png", "rating": "good"}], r"'rating' must be a number"),
+        ([{"prompt": "p", "image": "a.png", "rating": "good"}], r"'rating' must be a finite number"),
         ([{"prompt": "p", "image": "a.png", "rating": 1}], r"no prompt has two differently rated images"),
         ([{"text": "p", "picture": "a.png"}], r"Cannot tell the format .* from its fields \['picture', 'text'\]"),
-        ({"prompt": "p"}, r"expected a non-empty list of objects"),
+        ({"prompt": "p"}, r"expected a JSON list of rows \(one object per row\), got a JSON dict"),
     ],
 )
 def test_malformed_rows_are_reported(tmp_path, rows, message):

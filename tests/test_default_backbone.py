@@ -13,8 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from modeling_llava_reward import default_backbone as db
-from modeling_llava_reward.commands import main
+from llava_reward import default_backbone as db
+from llava_reward.cli import main
 
 
 # Real photos of the project's shared data (beside the repository), when present: more images for the parity check.

@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from modeling_llava_reward import default_model
-from modeling_llava_reward.commands import main
-from modeling_llava_reward.default_backbone import PARITY_TOLERANCE
-from modeling_llava_reward.default_backbone import check_dependencies
-from modeling_llava_reward.default_backbone import backbone_name
-from modeling_llava_reward.default_model import MODEL_NAME
+from llava_reward.cli import demo_workflow as default_model
+from llava_reward.cli import main
+from llava_reward.default_backbone import PARITY_TOLERANCE
+from llava_reward.default_backbone import check_dependencies
+from llava_reward.default_backbone import backbone_name
+from llava_reward.cli.demo_workflow import MODEL_NAME
 
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mjbench_quality"

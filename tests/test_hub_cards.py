@@ -11,10 +11,10 @@ import pytest
 import yaml
 from huggingface_hub import ModelCard
 
-from hub_cards.cards import metric_rows
-from hub_cards.cards import render_perspective_card
-from hub_cards.testing import save_tiny_perspective
-from modeling_llava_reward.testing import save_tiny_vlm
+from llava_reward.hub_cards.cards import metric_rows
+from llava_reward.hub_cards.cards import render_perspective_card
+from llava_reward.testing import save_tiny_perspective
+from llava_reward.testing import save_tiny_vlm
 
 
 SECTIONS = [
@@ -81,7 +81,7 @@ def test_how_the_reward_reads_follows_the_objective(repo):
 
 
 def test_a_hub_base_model_is_referenced_in_the_front_matter(repo, tmp_path):
-    from configuration import LlavaRewardConfig
+    from llava_reward.configuration import LlavaRewardConfig
 
     config = LlavaRewardConfig.from_pretrained(repo / "alignment")
     config.base_model, config.base_model_revision = "org/tiny-llava", "0123abc"

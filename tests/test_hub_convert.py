@@ -13,13 +13,13 @@ import yaml
 from safetensors.torch import save_file
 from transformers import AutoModel
 
-from hub_cards.convert_original import PUBLISHED_LAYOUTS
-from hub_cards.convert_original import convert_original_checkpoint
-from modeling_llava_reward import LlavaRewardScorer
-from modeling_llava_reward.commands import main
-from modeling_llava_reward.testing import save_tiny_vlm
-from modeling_llava_reward.testing import tiny_images
-from modeling_llava_reward.testing import tiny_vlm
+from llava_reward.hub_cards.convert_original import PUBLISHED_LAYOUTS
+from llava_reward.hub_cards.convert_original import convert_original_checkpoint
+from llava_reward import LlavaRewardScorer
+from llava_reward.cli import main
+from llava_reward.testing import save_tiny_vlm
+from llava_reward.testing import tiny_images
+from llava_reward.testing import tiny_vlm
 
 
 H = 32  # hidden size of the tiny models

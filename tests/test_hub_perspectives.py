@@ -10,12 +10,12 @@ import textwrap
 import pytest
 import torch
 
-from hub_cards import load_perspectives
-from hub_cards.testing import put_in_hub_cache
-from hub_cards.testing import save_tiny_perspective
-from modeling_llava_reward import LlavaRewardScorer
-from modeling_llava_reward.testing import save_tiny_vlm
-from modeling_llava_reward.testing import tiny_images
+from llava_reward import load_perspectives
+from llava_reward.hub_cards.testing import put_in_hub_cache
+from llava_reward.testing import save_tiny_perspective
+from llava_reward import LlavaRewardScorer
+from llava_reward.testing import save_tiny_vlm
+from llava_reward.testing import tiny_images
 
 
 # Different objectives, heads and LoRA-or-not; every perspective also trained (here: perturbed) its projector.
@@ -99,9 +99,9 @@ def test_remote_code_of_a_base_model_is_never_run_implicitly(tmp_path):
 LOAD_BY_REPO_ID = textwrap.dedent(
     """
     import json, sys
-    from hub_cards import load_perspectives
-    from modeling_llava_reward import LlavaRewardScorer
-    from modeling_llava_reward.testing import tiny_images
+    from llava_reward import load_perspectives
+    from llava_reward import LlavaRewardScorer
+    from llava_reward.testing import tiny_images
     commit = sys.argv[1]
     images = tiny_images(2, seed=2)
     main = LlavaRewardScorer.from_pretrained("org/llava-reward-tiny", subfolder="fidelity")

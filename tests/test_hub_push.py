@@ -10,11 +10,11 @@ import torch
 from huggingface_hub import CommitOperationAdd
 from huggingface_hub import CommitOperationDelete
 
-from hub_cards.cards import REPO_CARD_MARKER
-from hub_cards.push import push_perspective
-from hub_cards.testing import save_tiny_perspective
-from modeling_llava_reward.commands import main
-from modeling_llava_reward.testing import save_tiny_vlm
+from llava_reward.hub_cards.cards import REPO_CARD_MARKER
+from llava_reward.hub_cards.push import push_perspective
+from llava_reward.testing import save_tiny_perspective
+from llava_reward.cli import main
+from llava_reward.testing import save_tiny_vlm
 
 
 # What `llava-reward train` leaves in its output folder besides the perspective itself: none of it is uploaded.
@@ -186,9 +186,9 @@ def test_a_local_base_model_path_is_refused(tmp_path):
 
 
 def test_a_full_model_folder_uploads_its_weights_and_code(tmp_path):
-    from modeling_llava_reward import LlavaRewardModel
-    from modeling_llava_reward import LlavaRewardProcessor
-    from modeling_llava_reward.testing import tiny_vlm
+    from llava_reward import LlavaRewardModel
+    from llava_reward import LlavaRewardProcessor
+    from llava_reward.testing import tiny_vlm
 
     vlm, vlm_processor = tiny_vlm("qwen2_5_vl")
     LlavaRewardModel.from_vlm(vlm, perspective="overall").save_pretrained(tmp_path / "full")
@@ -217,7 +217,7 @@ def test_cli_local_dir_writes_a_hub_ready_folder(trained, tmp_path, capsys):
     assert sorted(path.name for path in folder.iterdir()) == UPLOADED
     assert "subfolder=\"fidelity\"" in (folder / "README.md").read_text()
     # The folder loads as a perspective (the base is found through `base=`, as it is not on this machine's Hub cache).
-    from modeling_llava_reward import LlavaRewardScorer
+    from llava_reward import LlavaRewardScorer
 
     LlavaRewardScorer.from_pretrained(tmp_path / "hub", subfolder="fidelity", base=trained.parent / "base")
 

@@ -6,11 +6,11 @@ import pytest
 import torch
 from transformers import AutoModel
 
-from modeling_llava_reward import LlavaRewardModel
-from modeling_llava_reward.modeling_llava_reward import LlavaRewardSkipCrossAttention
-from modeling_llava_reward.testing import TINY_FAMILIES
-from modeling_llava_reward.testing import tiny_images
-from modeling_llava_reward.testing import tiny_vlm
+from llava_reward import LlavaRewardModel
+from llava_reward.modeling_llava_reward import LlavaRewardSkipCrossAttention
+from llava_reward.testing import TINY_FAMILIES
+from llava_reward.testing import tiny_images
+from llava_reward.testing import tiny_vlm
 
 
 FAMILIES = list(TINY_FAMILIES)
@@ -206,7 +206,7 @@ def test_lora_targets_every_decoder_linear_and_nothing_else(family):
 def test_phi3_v_lora_targets_its_fused_projections_not_the_clip_tower():
     import re
 
-    from modeling_llava_reward.families import get_family
+    from llava_reward.families import get_family
 
     # Module names of Phi-3.5-vision's remote code (Phi3VModel), wrapped as the reward model's `vlm`.
     decoder = ["vlm.layers.0.self_attn.qkv_proj", "vlm.layers.0.self_attn.o_proj", "vlm.layers.31.mlp.gate_up_proj",
@@ -221,7 +221,7 @@ def test_phi3_v_lora_targets_its_fused_projections_not_the_clip_tower():
 def test_unsupported_family_lists_the_supported_ones():
     from transformers import AutoConfig
 
-    from configuration import LlavaRewardConfig
+    from llava_reward.configuration import LlavaRewardConfig
 
     config = LlavaRewardConfig(vlm_config=AutoConfig.for_model("blip-2").to_dict())
     with pytest.raises(ValueError, match=r"Unsupported VLM model_type 'blip-2'.*gemma3.*llava.*qwen2_5_vl"):

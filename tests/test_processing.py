@@ -10,16 +10,16 @@ import torch
 from PIL import Image
 from transformers import AutoProcessor
 
-from modeling_llava_reward import LlavaRewardModel
-from modeling_llava_reward import LlavaRewardProcessor
-from modeling_llava_reward.families import get_family
-from modeling_llava_reward.image_inputs import InputError
-from modeling_llava_reward.image_inputs import load_image
-from modeling_llava_reward.image_inputs import load_images
-from modeling_llava_reward.testing import TINY_FAMILIES
-from modeling_llava_reward.testing import tiny_images
-from modeling_llava_reward.testing import tiny_vlm
-from modeling_llava_reward.testing import write_bad_image_files
+from llava_reward import LlavaRewardModel
+from llava_reward import LlavaRewardProcessor
+from llava_reward.families import get_family
+from llava_reward.image_inputs import InputError
+from llava_reward.image_inputs import load_image
+from llava_reward.image_inputs import load_images
+from llava_reward.testing import TINY_FAMILIES
+from llava_reward.testing import tiny_images
+from llava_reward.testing import tiny_vlm
+from llava_reward.testing import write_bad_image_files
 
 
 FAMILIES = list(TINY_FAMILIES)

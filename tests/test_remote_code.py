@@ -7,9 +7,9 @@ import textwrap
 
 import torch
 
-from modeling_llava_reward import LlavaRewardModel
-from modeling_llava_reward.testing import tiny_images
-from modeling_llava_reward.testing import tiny_vlm
+from llava_reward import LlavaRewardModel
+from llava_reward.testing import tiny_images
+from llava_reward.testing import tiny_vlm
 
 
 # Runs in a fresh interpreter from an empty folder, with this package's modules made unimportable first.

@@ -9,13 +9,13 @@ import pytest
 import torch
 from PIL import Image
 
-from modeling_llava_reward import LlavaRewardModel
-from modeling_llava_reward import LlavaRewardProcessor
-from modeling_llava_reward import LlavaRewardScorer
-from modeling_llava_reward.image_inputs import InputError
-from modeling_llava_reward.testing import tiny_images
-from modeling_llava_reward.testing import tiny_vlm
-from modeling_llava_reward.testing import write_bad_image_files
+from llava_reward import LlavaRewardModel
+from llava_reward import LlavaRewardProcessor
+from llava_reward import LlavaRewardScorer
+from llava_reward.image_inputs import InputError
+from llava_reward.testing import tiny_images
+from llava_reward.testing import tiny_vlm
+from llava_reward.testing import write_bad_image_files
 
 
 PROMPTS = ["a red cat", "two dogs", "", "a lighthouse at dusk", "a bowl of soup"]

@@ -6,16 +6,15 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from modeling_llava_reward import LlavaRewardModel
-from modeling_llava_reward import LlavaRewardScorer
-from modeling_llava_reward.bundle import unwrap
-from modeling_llava_reward.testing import save_tiny_vlm
-from trainers import LlavaRewardTrainer
-from trainers import LlavaRewardTrainingConfig
-from trainers.data import load_preference_data
-from trainers.synthetic import write_colour_task
-from trainers.trainer import labelled_loss
-from trainers.trainer import pairwise_loss
+from llava_reward import LlavaRewardModel
+from llava_reward import LlavaRewardScorer
+from llava_reward.bundle import unwrap
+from llava_reward.testing import save_tiny_vlm
+from llava_reward.trainers import LlavaRewardTrainer
+from llava_reward.trainers import LlavaRewardTrainingConfig
+from llava_reward.trainers.data import load_preference_data
+from llava_reward.trainers.synthetic import write_colour_task
+from llava_reward.objectives import get_objective
 
 
 def softplus(x: float) -> float:  # -log sigmoid(-x)
@@ -30,30 +29,30 @@ pytestmark = pytest.mark.usefixtures("one_intraop_thread")
 def test_bt_loss_with_temperature_and_margin():
     chosen, rejected = torch.tensor([1.0, 0.2]), torch.tensor([0.5, 0.4])
     # s = [0.5, -0.2]; s / 0.1 = [5, -2]; -log sigmoid(5) = 0.0067153485, -log sigmoid(-2) = 2.1269280110
-    assert pairwise_loss(chosen, rejected, "bt", tau=0.1).item() == pytest.approx((0.0067153485 + 2.1269280110) / 2)
+    assert get_objective("bt").pair_loss(chosen, rejected, tau=0.1).item() == pytest.approx((0.0067153485 + 2.1269280110) / 2)
     # margins [0.1, 0]: (s - m) / 0.1 = [4, -2]; -log sigmoid(4) = 0.0181499279
     margin = torch.tensor([0.1, 0.0])
-    loss = pairwise_loss(chosen, rejected, "bt", tau=0.1, margin=margin)
+    loss = get_objective("bt").pair_loss(chosen, rejected, tau=0.1, margin=margin)
     assert loss.item() == pytest.approx((0.0181499279 + 2.1269280110) / 2)
 
 
 def test_gpm_loss_for_two_and_four_dimensions():
     # D = 2: s = c0 r1 - c1 r0 = 1 * (-1) - 2 * 3 = -7; -log sigmoid(-7) = 7.0009114664
-    loss = pairwise_loss(torch.tensor([[1.0, 2.0]]), torch.tensor([[3.0, -1.0]]), "gpm", tau=1.0)
+    loss = get_objective("gpm").pair_loss(torch.tensor([[1.0, 2.0]]), torch.tensor([[3.0, -1.0]]), tau=1.0)
     assert loss.item() == pytest.approx(7.0009114664)
     # D = 4: blocks -7 and 0.5 * 2 - 0 * 0 = 1, so s = -6; tau 2: -log sigmoid(-3) = 3.0485873516
     chosen, rejected = torch.tensor([[1.0, 2.0, 0.5, 0.0]]), torch.tensor([[3.0, -1.0, 0.0, 2.0]])
-    assert pairwise_loss(chosen, rejected, "gpm", tau=2.0).item() == pytest.approx(3.0485873516)
+    assert get_objective("gpm").pair_loss(chosen, rejected, tau=2.0).item() == pytest.approx(3.0485873516)
     # antisymmetric: swapping the pair flips s
-    assert pairwise_loss(rejected, chosen, "gpm", tau=2.0).item() == pytest.approx(softplus(-3.0))
+    assert get_objective("gpm").pair_loss(rejected, chosen, tau=2.0).item() == pytest.approx(softplus(-3.0))
 
 
 def test_cross_entropy_on_pairs_and_on_labelled_images():
     # BCE(2, 1) = log(1 + e^-2) = 0.1269280110; BCE(-1, 0) = log(1 + e^-1) = 0.3132616875
-    loss = pairwise_loss(torch.tensor([2.0]), torch.tensor([-1.0]), "ce", tau=0.1)
+    loss = get_objective("ce").pair_loss(torch.tensor([2.0]), torch.tensor([-1.0]), tau=0.1)
     assert loss.item() == pytest.approx(0.1269280110 + 0.3132616875)
     # BCE(0, 1) = log 2 = 0.6931471806; BCE(3, 0) = log(1 + e^3) = 3.0485873516
-    assert labelled_loss(torch.tensor([0.0, 3.0]), torch.tensor([1.0, 0.0])).item() == pytest.approx(
+    assert get_objective("ce").labelled_loss(torch.tensor([0.0, 3.0]), torch.tensor([1.0, 0.0])).item() == pytest.approx(
         (0.6931471806 + 3.0485873516) / 2
     )
 
@@ -75,7 +74,7 @@ def test_config_defaults_are_cpu_safe_and_the_papers():
         (dict(tuning="qlora"), r"`tuning` must be one of \('lora', 'head', 'full'\)"),
         (dict(objective="dpo"), r"`objective` must be one of"),
         (dict(tau=0), r"`tau` must be > 0"),
-        (dict(objective="gpm", margin_scale=1.0), r"`margin_scale` applies to the BT loss only"),
+        (dict(objective="gpm", margin_scale=1.0), r"`margin_scale` applies to the 'bt' loss only"),
         (dict(lora_r=0), r"LoRA needs lora_r > 0"),
         (dict(max_length=512), r"`max_length` is a text-tokenizer setting"),
     ],
@@ -248,7 +247,7 @@ def test_trainer_rejects_mismatched_objectives_and_data(base, task, tmp_path):
         LlavaRewardTrainer(
             LlavaRewardModel.from_vlm(base), args, train_dataset=load_preference_data(task["train_pairs"])
         )
-    with pytest.raises(ValueError, match="only objective='ce' can learn from"):
+    with pytest.raises(ValueError, match="only objective 'ce' can learn from"):
         make_trainer(base, task, tmp_path, objective="bt", train_kind="labelled")
     with pytest.raises(ValueError, match="margin_scale=1.0 but the train data has no `margin` column"):
         make_trainer(base, task, tmp_path, margin_scale=1.0)

@@ -10,14 +10,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from modeling_llava_reward import LlavaRewardScorer
-from modeling_llava_reward.commands import main as cli_main
-from modeling_llava_reward.testing import save_tiny_vlm
-from trainers.synthetic import write_colour_task
-from trainers.train import RecipeError
-from trainers.train import load_recipe
-from trainers.train import main
-from trainers.train import parse_overrides
+from llava_reward import LlavaRewardScorer
+from llava_reward.cli import main as cli_main
+from llava_reward.testing import save_tiny_vlm
+from llava_reward.trainers.synthetic import write_colour_task
+from llava_reward.trainers.train import RecipeError
+from llava_reward.trainers.train import load_recipe
+from llava_reward.trainers.train import main
+from llava_reward.trainers.train import parse_overrides
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -93,7 +93,7 @@ def test_bad_overrides_name_the_key(overrides, message):
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
-    """A folder laid out as the tiny recipe expects (`python -m trainers.synthetic tiny-task`)."""
+    """A folder laid out as the tiny recipe expects (`python -m llava_reward.trainers.synthetic tiny-task`)."""
     root = tmp_path_factory.mktemp("work")
     write_colour_task(root / "tiny-task", train_pairs=16, eval_pairs=4)
     save_tiny_vlm("llava", root / "tiny-task" / "base")
@@ -151,10 +151,10 @@ DRIVER = """
 import json, os, sys
 from pathlib import Path
 from safetensors.torch import save_file
-from trainers.train import load_recipe, parse_overrides, train
+from llava_reward.trainers.train import load_recipe, parse_overrides, train
 
 recipe = load_recipe(sys.argv[1], parse_overrides(sys.argv[2:]))
-trainer = train(recipe)  # what `python -m trainers.train` runs, on every rank
+trainer = train(recipe)  # what `python -m llava_reward.trainers.train` runs, on every rank
 rank = int(os.environ.get("RANK", "0"))
 output = Path(recipe.training.output_dir)
 losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]

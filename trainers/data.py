@@ -1,70 +1,51 @@
-"""Preference data for LLaVA-Reward training: files and datasets in, rows of (prompt, image paths) out.
+"""Preference data for LLaVA-Reward training: rows in, `datasets.Dataset`s of (prompt, image references) out.
 
-Every loader returns a `datasets.Dataset` in one of two layouts, with images kept as undecoded references (a path,
-or a `{"bytes", "path"}` dict) that the collator decodes batch by batch:
+The formats and their image-path rule are those of `llava_reward.data_formats` (published pairwise and unpaired
+JSON, MJ-Bench captions, rated rows, TIFA160, `pairs` / `labelled` datasets; `.json`, `.jsonl`, `.parquet`, saved
+datasets, MJ-Bench folders). Every loader returns a `datasets.Dataset` in one of two layouts, with images kept as
+undecoded references (a path, or a `{"bytes", "path"}` dict) that the collator decodes batch by batch:
 
-* **pairs**: `prompt`, `chosen`, `rejected`, optional `rejected_prompt` (when the two images had different prompts),
-  optional `margin` (e.g. a rating gap), and `row` (the source row, named in errors);
+* **pairs**: `prompt`, `chosen`, `rejected`, optional `rejected_prompt`, optional `margin`, and `row` (the source
+  row, named in errors); rated rows become every pair of differently rated images of a prompt (margin = rating gap);
 * **labelled** (unpaired): `prompt`, `image`, `label` (0/1; UnsafeBench convention: 1 = safe) and `row`.
 
-Accepted sources (`format="auto"` tells them apart by their fields):
-
-| format | fields | becomes |
-| --- | --- | --- |
-| `published_pairs` | `prompt` (str or [chosen, rejected]), `chosen_path`, `reject_path`, `c_rate`, `r_rate` | pairs, margin = c_rate - r_rate |
-| `published_labelled` | `prompt`, `path`, `label` | labelled |
-| `mjbench` | `caption`, `image_0`, `image_1`, `label_0` | pairs (label_0 = 1: image_0 preferred; 0.5: tie, dropped) |
-| `rated` | `prompt`, `image`, `rating` | every pair of differently rated images of a prompt; margin = rating gap |
-| `pairs` | `prompt`, `chosen`, `rejected` (+ `margin`) | pairs |
-| `labelled` | `prompt`, `image`, `label` | labelled |
-
-Image paths in JSON files are relative to the file's folder (or `image_root`). The published files carry the
-prefix of the authors' repository layout (`data/sample_test/sample_img/x.jpg` next to a `sample_img/` folder): when a
-relative path does not exist, its leading folders are dropped one at a time and the first path that exists is used.
-MJ-Bench caption files name images relative to the `examples_*` folder beside them, which is then the default root.
-
-A missing image raises `InputError` naming the file and row when the data is loaded; a corrupt one when its batch
-is decoded. Nothing is dropped silently: `on_bad_image="skip"` decodes every image once up front, drops the rows
-whose images fail, and logs how many (ties of MJ-Bench and rated data are dropped by definition, and counted too).
+A bad row (malformed, or naming a missing image) raises `InputError` naming the source and row when the data is
+loaded, unless `on_bad_row="skip"`; a corrupt image when its batch is decoded. Nothing is dropped silently:
+`on_bad_image="skip"` decodes every image once up front, drops the rows whose images fail, and logs how many (ties of
+MJ-Bench and rated data are dropped by definition, and counted too).
 
 Example:
-    >>> from trainers.data import load_preference_data
+    >>> from llava_reward.trainers.data import load_preference_data
     >>> pairs = load_preference_data("../shared/data/llava_reward_sample_test/pairwise_sample.json")  # doctest: +SKIP
     >>> pairs.column_names  # doctest: +SKIP
-    ['prompt', 'rejected_prompt', 'chosen', 'rejected', 'margin', 'row']
+    ['prompt', 'chosen', 'rejected', 'rejected_prompt', 'margin', 'row']
 """
 
-import itertools
-import json
 import logging
 import os
-from collections import defaultdict
 from dataclasses import dataclass
-from pathlib import Path
 
 import datasets
 import torch
 
-from modeling_llava_reward.image_inputs import InputError
-from modeling_llava_reward.image_inputs import load_image
+from llava_reward.data_formats import IMAGE_FIELDS
+from llava_reward.data_formats import LABELLED
+from llava_reward.data_formats import MIXED
+from llava_reward.data_formats import PAIRS
+from llava_reward.data_formats import RATED
+from llava_reward.data_formats import BadRowsError
+from llava_reward.data_formats import pairs_from_ratings
+from llava_reward.data_formats import read_rows
+from llava_reward.image_inputs import InputError
+from llava_reward.image_inputs import load_image
 
 
 logger = logging.getLogger(__name__)
 
-FORMATS = ("auto", "published_pairs", "published_labelled", "mjbench", "rated", "pairs", "labelled")
 # Columns the collator reads; the trainer keeps only these.
 PAIR_COLUMNS = ("prompt", "rejected_prompt", "chosen", "rejected", "margin", "row", "rejected_row")
 LABELLED_COLUMNS = ("prompt", "image", "label", "row")
-IMAGE_COLUMNS = ("chosen", "rejected", "image")
-# (format, fields that identify it), most specific first.
-_SIGNATURES = (
-    ("published_pairs", {"chosen_path", "reject_path"}),
-    ("mjbench", {"caption", "image_0", "image_1"}),
-    ("rated", {"prompt", "image", "rating"}),
-    ("pairs", {"prompt", "chosen", "rejected"}),
-    ("published_labelled", {"prompt", "path", "label"}),
-    ("labelled", {"prompt", "image", "label"}),
-)
+ON_BAD = ("raise", "skip")
 
 
 def load_preference_data(
@@ -74,248 +55,82 @@ def load_preference_data(
     image_root: str | os.PathLike | None = None,
     split: str = "train",
     on_bad_image: str = "raise",
+    on_bad_row: str = "raise",
 ) -> datasets.Dataset:
-    """Load preference data as pairs or labelled rows (see the module docstring for the formats).
+    """Load preference data as pairs or labelled rows (see `llava_reward.data_formats` for the formats).
 
     Args:
-        source: a `.json` / `.jsonl` file, a folder written by `Dataset.save_to_disk`, anything
-            `datasets.load_dataset` accepts (a Hub id or a data folder), or a `datasets.Dataset`.
-        format: one of `FORMATS`; `"auto"` detects it from the fields.
-        image_root: the folder relative image paths start from. Defaults to the JSON file's folder (MJ-Bench: its
-            `examples_*` folder); for datasets, relative paths are taken as they are.
+        source: a `.json` / `.jsonl` / `.parquet` file, a folder written by `Dataset.save_to_disk`, an MJ-Bench
+            folder, anything `datasets.load_dataset` accepts (a Hub id or a data folder), or a `datasets.Dataset`.
+        format: `"auto"` (detected from the fields) or one of `llava_reward.data_formats.FORMATS`.
+        image_root: the folder relative image paths start from. Defaults to the data file's folder (MJ-Bench: its
+            `examples_*` folder); for datasets, the working directory.
         split: the split to load from a `datasets.load_dataset` source.
         on_bad_image: `"raise"` (default) or `"skip"` (decode each image now; drop and count the rows that fail).
+        on_bad_row: `"raise"` (default) or `"skip"` (drop, count and name rows that are malformed or name a
+            missing image file).
     """
-    if format not in FORMATS:
-        raise ValueError(f"`format` must be one of {FORMATS}, got {format!r}.")
-    if on_bad_image not in ("raise", "skip"):
-        raise ValueError(f"`on_bad_image` must be 'raise' or 'skip', got {on_bad_image!r}.")
-    if isinstance(source, (str, os.PathLike)) and Path(source).suffix in (".json", ".jsonl"):
-        return _load_json(Path(source), format, image_root, on_bad_image)
-    dataset = source if isinstance(source, datasets.Dataset) else _load_dataset(source, split)
-    return _from_dataset(
-        dataset, format, image_root, on_bad_image, name=str(source) if dataset is not source else "the dataset"
-    )
-
-
-def detect_format(fields, name: str = "the data") -> str:
-    """The format whose identifying fields are all in `fields`; a `ValueError` listing the formats otherwise."""
-    for format, required in _SIGNATURES:
-        if required <= set(fields):
-            return format
-    known = "; ".join(f"{format}: {sorted(required)}" for format, required in _SIGNATURES)
-    raise ValueError(f"Cannot tell the format of {name} from its fields {sorted(fields)}. Known formats: {known}.")
-
-
-# ---- JSON files -------------------------------------------------------------------------------------------------
-
-
-def _load_json(path: Path, format: str, image_root, on_bad_image: str) -> datasets.Dataset:
-    records = _read_records(path)
-    format = detect_format(records[0], str(path)) if format == "auto" else format
-    root = Path(image_root) if image_root is not None else _default_image_root(path, format)
-    return _build(records, format, root, on_bad_image, str(path))
-
-
-def _build(records: list[dict], format: str, root: Path | None, on_bad_image: str, name: str) -> datasets.Dataset:
-    """Convert source records to the standard layout, resolve image paths under `root`, pair rated images."""
-    converted = [_CONVERTERS[format](record, record.get("row", index), name) for index, record in enumerate(records)]
-    rows = [_rooted(row, root, name) for row in converted if row is not None]
-    ties = converted.count(None)
-    if format == "rated":
-        rows, ties = _pairs_from_ratings(rows, name)
-    if ties:
-        logger.warning("%s: dropped %d tied pairs (no preference to learn).", name, ties)
-    return _check_images(datasets.Dataset.from_list(rows), on_bad_image, name)
-
-
-def _read_records(path: Path) -> list[dict]:
-    if not path.is_file():
-        raise InputError(f"{path}: file not found.")
-    text = path.read_text(encoding="utf-8")
-    try:
-        records = (
-            [json.loads(line) for line in text.splitlines() if line.strip()]
-            if path.suffix == ".jsonl"
-            else json.loads(text)
+    for name, value in (("on_bad_image", on_bad_image), ("on_bad_row", on_bad_row)):
+        if value not in ON_BAD:
+            raise ValueError(f"`{name}` must be 'raise' or 'skip', got {value!r}.")
+    if _in_standard_layout(source, format, image_root):  # used as it is: no copy of a large dataset's images
+        return _check_images(_with_lazy_images(source), on_bad_image, "the dataset")
+    found = read_rows(source, format=format, image_root=image_root, split=split)
+    if found.bad_rows:
+        if on_bad_row == "raise":
+            raise BadRowsError(found.bad_rows, found.name)
+        logger.warning(
+            "%s: skipped %d of %d rows (on_bad_row='skip'); first: %s",
+            found.name, len(found.bad_rows), found.num_read, "; ".join(map(str, found.bad_rows[:3])),
         )
-    except json.JSONDecodeError as error:
-        raise InputError(f"{path}: not valid JSON ({error}).") from None
-    if not isinstance(records, list) or not records or not all(isinstance(record, dict) for record in records):
-        raise InputError(f"{path}: expected a non-empty list of objects (one per row).")
-    return records
-
-
-def _default_image_root(path: Path, format: str) -> Path:
-    if format == "mjbench":
-        examples = sorted(folder for folder in path.parent.glob("examples_*") if folder.is_dir())
-        if len(examples) == 1:
-            return examples[0]
-    return path.parent
-
-
-def _resolve(image: str, root: Path, where: str) -> str:
-    """An absolute path for `image`: as given, under `root`, or under `root` with leading folders dropped."""
-    if not isinstance(image, str) or not image:
-        raise InputError(f"{where}: expected an image path, got {image!r}.")
-    path = Path(image)
-    if path.is_absolute():
-        candidates = [path]
-    else:
-        candidates = [root.joinpath(*path.parts[start:]) for start in range(len(path.parts))]
-    for candidate in candidates:
-        if candidate.is_file():
-            return str(candidate.resolve())
-    raise InputError(f"{where}: image file {image!r} not found (looked under {root}).")
-
-
-def _field(record: dict, key: str, index: int, path: Path):
-    if key not in record:
-        raise InputError(f"{path} row {index}: missing field {key!r} (has {sorted(record)}).")
-    return record[key]
-
-
-def _published_pair(record: dict, index: int, path: Path) -> dict:
-    prompt = _field(record, "prompt", index, path)
-    prompts = list(prompt) if isinstance(prompt, list) else [prompt, prompt]
-    if len(prompts) != 2 or not all(isinstance(text, str) for text in prompts):
-        raise InputError(f"{path} row {index}: 'prompt' must be a string or [prompt_chosen, prompt_rejected].")
-    row = {
-        "prompt": prompts[0],
-        "rejected_prompt": prompts[1],
-        "chosen": _field(record, "chosen_path", index, path),
-        "rejected": _field(record, "reject_path", index, path),
-        "row": index,
-    }
-    if "c_rate" in record and "r_rate" in record:
-        row["margin"] = float(record["c_rate"]) - float(record["r_rate"])
-    return row
-
-
-def _published_labelled(record: dict, index: int, path: Path) -> dict:
-    return {
-        "prompt": _field(record, "prompt", index, path),
-        "image": _field(record, "path", index, path),
-        "label": _label(_field(record, "label", index, path), f"{path} row {index}"),
-        "row": index,
-    }
-
-
-def _mjbench_pair(record: dict, index: int, path: Path) -> dict | None:
-    label = _field(record, "label_0", index, path)
-    if label not in (0, 0.5, 1):
+    if found.kind not in (PAIRS, LABELLED, RATED):
         raise InputError(
-            f"{path} row {index}: 'label_0' must be 1 (image_0 preferred), 0 or 0.5 (tie), got {label!r}."
+            f"{found.name}: training needs preference pairs, rated images or labelled images; the rows are "
+            f"{found.kind} ({'of several kinds' if found.kind == MIXED else 'without a label or a preference'})."
         )
-    if label == 0.5:
-        return None
-    images = [_field(record, "image_0", index, path), _field(record, "image_1", index, path)]
-    chosen, rejected = images if label == 1 else images[::-1]
-    return {"prompt": _field(record, "caption", index, path), "chosen": chosen, "rejected": rejected, "row": index}
+    rows, ties = found.rows, found.ties
+    if found.kind == RATED:
+        rows, ties = pairs_from_ratings(rows)
+        if not rows:
+            raise InputError(f"{found.name}: no prompt has two differently rated images, so there are no pairs to train on.")
+    if ties:
+        logger.warning("%s: dropped %d tied pairs (no preference to learn).", found.name, ties)
+    if not rows:
+        raise InputError(f"{found.name}: no usable rows.")
+    present = {key for row in rows for key in row}
+    columns = [key for key in (PAIR_COLUMNS if "chosen" in present else LABELLED_COLUMNS) if key in present]
+    dataset = datasets.Dataset.from_dict({key: [row.get(key) for row in rows] for key in columns})
+    return _check_images(dataset, on_bad_image, found.name)
 
 
-def _pair(record: dict, index: int, path: Path) -> dict:
-    row = {key: _field(record, key, index, path) for key in ("prompt", "chosen", "rejected")}
-    row.update({key: record[key] for key in ("rejected_prompt", "margin") if key in record})
-    return {**row, "row": index}
+def _in_standard_layout(source, format: str, image_root) -> bool:
+    if not isinstance(source, datasets.Dataset) or image_root is not None or format not in ("auto", "pairs", "labelled"):
+        return False
+    columns = set(source.column_names)
+    return {"prompt", "chosen", "rejected"} <= columns or {"prompt", "image", "label"} <= columns
 
 
-def _labelled(record: dict, index: int, path: Path) -> dict:
-    row = {key: _field(record, key, index, path) for key in ("prompt", "image")}
-    return {**row, "label": _label(_field(record, "label", index, path), f"{path} row {index}"), "row": index}
-
-
-def _rated(record: dict, index: int, path: Path) -> dict:
-    row = {key: _field(record, key, index, path) for key in ("prompt", "image", "rating")}
-    rating = row["rating"]
-    if not isinstance(rating, (int, float)) or isinstance(rating, bool):
-        raise InputError(f"{path} row {index}: 'rating' must be a number, got {rating!r}.")
-    return {**row, "rating": float(rating), "row": index}
-
-
-def _label(value, where: str) -> float:
-    if value not in (0, 1):
-        raise InputError(f"{where}: 'label' must be 0 or 1, got {value!r}.")
-    return float(value)
-
-
-_CONVERTERS = {
-    "published_pairs": _published_pair,
-    "published_labelled": _published_labelled,
-    "mjbench": _mjbench_pair,
-    "pairs": _pair,
-    "labelled": _labelled,
-    "rated": _rated,
-}
-
-
-def _pairs_from_ratings(records: list[dict], name: str) -> tuple[list[dict], int]:
-    """Every pair of differently rated images of the same prompt; the rating gap is the margin."""
-    by_prompt = defaultdict(list)
-    for record in records:
-        by_prompt[record["prompt"]].append((record["rating"], record["row"], record["image"]))
-    pairs, ties = [], 0
-    for prompt, rated in by_prompt.items():
-        for (rating_a, row_a, image_a), (rating_b, row_b, image_b) in itertools.combinations(rated, 2):
-            if rating_a == rating_b:
-                ties += 1
-                continue
-            if rating_a < rating_b:
-                rating_a, row_a, image_a, rating_b, row_b, image_b = rating_b, row_b, image_b, rating_a, row_a, image_a
-            pairs.append(
-                {
-                    "prompt": prompt,
-                    "chosen": image_a,
-                    "rejected": image_b,
-                    "margin": rating_a - rating_b,
-                    "row": row_a,
-                    "rejected_row": row_b,
-                }
-            )
-    if not pairs:
-        raise InputError(f"{name}: no prompt has two differently rated images, so there are no pairs to train on.")
-    return pairs, ties
-
-
-# ---- datasets ---------------------------------------------------------------------------------------------------
-
-
-def _load_dataset(source, split: str) -> datasets.Dataset:
-    if Path(source).is_dir() and (Path(source) / "dataset_info.json").is_file():
-        return datasets.load_from_disk(str(source))
-    return datasets.load_dataset(str(source), split=split)
-
-
-def _from_dataset(dataset: datasets.Dataset, format: str, image_root, on_bad_image: str, name: str):
-    format = detect_format(dataset.column_names, name) if format == "auto" else format
-    for column in set(dataset.column_names) & {"chosen", "rejected", "image", "path", "image_0", "image_1"}:
+def _with_lazy_images(dataset: datasets.Dataset) -> datasets.Dataset:
+    """`dataset` with its image columns undecoded (the collator decodes them batch by batch) and a `row` column;
+    a missing image file raises `InputError` naming the row."""
+    for column in set(dataset.column_names) & set(IMAGE_FIELDS):
         if isinstance(dataset.features[column], datasets.Image):
-            dataset = dataset.cast_column(column, datasets.Image(decode=False))  # decoded by the collator
+            dataset = dataset.cast_column(column, datasets.Image(decode=False))
     if "row" not in dataset.column_names:
         dataset = dataset.add_column("row", list(range(len(dataset))))
-    root = Path(image_root) if image_root is not None else None
-    if format == "pairs" and root is None:
-        return _check_images(dataset, on_bad_image, name)  # already in the standard layout: no copy
-    # The other formats change the rows: convert in Python (the images stay undecoded references).
-    return _build(dataset.to_list(), format, root, on_bad_image, name)
-
-
-def _rooted(row: dict, root: Path | None, name: str) -> dict:
-    """Resolve relative path strings of a dataset row under `root` (image dicts and absolute paths are kept)."""
-    if root is None:
-        return row
-    return {
-        key: _resolve(value, root, f"{name} row {row['row']}, {key!r}")
-        if key in IMAGE_COLUMNS and isinstance(value, str)
-        else value
-        for key, value in row.items()
-    }
+    columns = [column for column in IMAGE_FIELDS if column in dataset.column_names]
+    for example in dataset.select_columns(columns + ["row"]):
+        for column in columns:
+            path = example[column] if isinstance(example[column], str) else None
+            if path is not None and not os.path.isfile(path):
+                raise InputError(f"the dataset row {example['row']}, {column!r}: image file {path!r} not found.")
+    return dataset
 
 
 # ---- images -----------------------------------------------------------------------------------------------------
 
 
-def decode_image(image, row: int, column: str):
+def decode_image(image, row, column: str):
     """A row's image (path, `{"bytes", "path"}` dict, or image object) as an RGB PIL image; errors name the row."""
     if isinstance(image, dict):
         image = image.get("bytes") or image.get("path")
@@ -326,22 +141,12 @@ def decode_image(image, row: int, column: str):
 
 
 def _check_images(dataset: datasets.Dataset, on_bad_image: str, name: str) -> datasets.Dataset:
-    """Raise on a missing image file (naming the row), or with "skip" drop and count rows with unreadable images."""
-    columns = [column for column in IMAGE_COLUMNS if column in dataset.column_names]
-    rows = dataset.select_columns(
-        columns + ["row"] + (["rejected_row"] if "rejected_row" in dataset.column_names else [])
-    )
+    """With "skip", decode every image once and drop (and count) the rows whose images cannot be read."""
     if on_bad_image == "raise":
-        for example in rows:
-            for column in columns:
-                path = _path_of(example[column])
-                if path is not None and not os.path.isfile(path):
-                    raise InputError(
-                        f"{name} row {_row_of(example, column)}, {column!r}: image file {path!r} not found."
-                    )
         return dataset
+    columns = [column for column in IMAGE_FIELDS if column in dataset.column_names]
     kept, failures = [], []
-    for index, example in enumerate(rows):
+    for index, example in enumerate(dataset.select_columns(columns + ["row"] + _rejected_row(dataset))):
         try:
             for column in columns:
                 decode_image(example[column], _row_of(example, column), column)
@@ -359,15 +164,11 @@ def _check_images(dataset: datasets.Dataset, on_bad_image: str, name: str) -> da
     return dataset.select(kept)
 
 
-def _path_of(image) -> str | None:
-    if isinstance(image, str):
-        return image
-    if isinstance(image, dict) and not image.get("bytes"):
-        return image.get("path")
-    return None
+def _rejected_row(dataset: datasets.Dataset) -> list[str]:
+    return ["rejected_row"] if "rejected_row" in dataset.column_names else []
 
 
-def _row_of(example: dict, column: str) -> int:
+def _row_of(example: dict, column: str):
     """The source row of `column`'s image (pairs built from rated rows take their two images from two rows)."""
     if column == "rejected" and example.get("rejected_row") is not None:
         return example["rejected_row"]
@@ -385,7 +186,7 @@ class LlavaRewardDataCollator:
     data has it; labelled rows become B rows plus `label`.
 
     Example:
-        >>> from trainers.data import LlavaRewardDataCollator  # doctest: +SKIP
+        >>> from llava_reward.trainers.data import LlavaRewardDataCollator  # doctest: +SKIP
         >>> batch = LlavaRewardDataCollator(processor)([{"prompt": "a cat", "chosen": "a.png", "rejected": "b.png",
         ...                                              "row": 0}])  # doctest: +SKIP
         >>> batch["input_ids"].shape[0]  # doctest: +SKIP
@@ -415,4 +216,4 @@ class LlavaRewardDataCollator:
         return dict(self.processor(prompts, images))
 
 
-__all__ = ["FORMATS", "LlavaRewardDataCollator", "decode_image", "detect_format", "load_preference_data"]
+__all__ = ["LABELLED_COLUMNS", "PAIR_COLUMNS", "LlavaRewardDataCollator", "decode_image", "load_preference_data"]

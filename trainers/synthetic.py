@@ -5,11 +5,11 @@ Each image is a red or a blue square on a noisy grey background (random size, pl
 prefer the blue image, so a reward model must combine the prompt with the image (a random tiny VLM learns that
 much more slowly). Used by the tests, the tiny recipe and the docs' learning curve.
 
-    python -m trainers.synthetic tiny-task     # tiny-task/{base/, train_pairs.json, eval_pairs.json, ...}
+    python -m llava_reward.trainers.synthetic tiny-task     # tiny-task/{base/, train_pairs.json, eval_pairs.json, ...}
 
 Example:
     >>> import tempfile
-    >>> from trainers.synthetic import write_colour_task
+    >>> from llava_reward.trainers.synthetic import write_colour_task
     >>> files = write_colour_task(tempfile.mkdtemp(), train_pairs=4, eval_pairs=2)
     >>> sorted(files)
     ['eval_labelled', 'eval_pairs', 'train_labelled', 'train_pairs']
@@ -73,7 +73,7 @@ def main(argv=None):
     parser.add_argument("directory")
     parser.add_argument("--family", default="llava", help="tiny VLM family of the base model (default: llava)")
     args = parser.parse_args(argv)
-    from modeling_llava_reward.testing import save_tiny_vlm
+    from llava_reward.testing import save_tiny_vlm
 
     write_colour_task(args.directory)
     save_tiny_vlm(args.family, Path(args.directory) / "base")

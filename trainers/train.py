@@ -1,9 +1,9 @@
 """Train a LLaVA-Reward perspective from a YAML recipe.
 
-    python -m trainers.train --config configuration/recipes/tiny.yaml [--key value ...] [--resume [CHECKPOINT]]
+    python -m llava_reward.trainers.train --config configuration/recipes/tiny.yaml [--key value ...] [--resume [CHECKPOINT]]
     llava-reward train --config RECIPE.yaml ...                                      # the same
-    torchrun --standalone --nproc_per_node 2 -m trainers.train --config RECIPE.yaml  # DDP
-    accelerate launch --config_file configuration/accelerate/ddp.yaml -m trainers.train --config RECIPE.yaml
+    torchrun --standalone --nproc_per_node 2 -m llava_reward.trainers.train --config RECIPE.yaml  # DDP
+    accelerate launch --config_file configuration/accelerate/ddp.yaml -m llava_reward.trainers.train --config RECIPE.yaml
 
 A recipe has three sections: `model` (`ModelArguments`: the base VLM and the reward head), `data` (`DataArguments`)
 and `training` (`LlavaRewardTrainingConfig`: TRL's `RewardConfig` plus objective, tau, margins and LoRA).
@@ -159,8 +159,8 @@ def train(recipe: Recipe, resume: bool | str = False):
     from transformers import set_seed
     from transformers.trainer_utils import get_last_checkpoint
 
-    from modeling_llava_reward import LlavaRewardModel
-    from modeling_llava_reward import LlavaRewardProcessor
+    from llava_reward import LlavaRewardModel
+    from llava_reward import LlavaRewardProcessor
 
     from .data import load_preference_data
     from .trainer import LlavaRewardTrainer
@@ -204,9 +204,9 @@ def train(recipe: Recipe, resume: bool | str = False):
         trust_remote_code=model_args.trust_remote_code,
         dtype=getattr(torch, model_args.dtype) if model_args.dtype != "auto" else "auto",
         **({"attn_implementation": model_args.attn_implementation} if model_args.attn_implementation else {}),
-        objective=args.objective or "bt",
+        # The model's config owns objective and tau (its defaults apply when the recipe names neither).
+        **{name: getattr(args, name) for name in ("objective", "tau") if getattr(args, name) is not None},
         reward_dim=model_args.reward_dim,
-        tau=args.tau or 0.1,
         head=model_args.head,
         hidden_layer=model_args.hidden_layer,
         visual_layer=model_args.visual_layer,
@@ -230,7 +230,7 @@ def train(recipe: Recipe, resume: bool | str = False):
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    parser = parser or argparse.ArgumentParser(prog="python -m trainers.train", description=__doc__.split("\n\n")[0])
+    parser = parser or argparse.ArgumentParser(prog="python -m llava_reward.trainers.train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True, metavar="RECIPE.yaml", help="the training recipe")
     parser.add_argument(
         "--resume",

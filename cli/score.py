@@ -1,7 +1,8 @@
 """`llava-reward score` and `llava-reward compare`: rewards and preferences from the command line.
 
-Both read images given on the command line, or rows of a JSON / JSON-lines file in the published LLaVA-Reward
-formats, and write one JSON line per image or row (stdout, or `--output`):
+Both read images given on the command line, or the rows of a data source (any format training reads:
+`llava_reward.data_formats`; JSON, JSON-lines, parquet, a saved dataset, an MJ-Bench folder), and write one JSON line
+per image or row (stdout, or `--output`):
 
 - pairwise rows `{"prompt": str or [prompt_chosen, prompt_rejected], "chosen_path", "reject_path", ...}` give
   `chosen_reward`, `reject_reward` and `p_chosen` = P(chosen preferred over rejected) (BT and GPM models), or
@@ -9,14 +10,14 @@ formats, and write one JSON line per image or row (stdout, or `--output`):
 - unpaired rows `{"prompt", "path", "label"}` give `reward` (and `probability` for a CE model).
 
 Every output line repeats the input row and adds `row`, its index counted from 0 (the element of a JSON list, or the
-non-blank line of a JSON-lines file: the `row` of `trainers.data` too). A bad row stops the run with a message naming
-it (exit code 1); with `--skip-bad` it is skipped and reported at the end. Image paths in a file resolve as in
-`trainers.data`: against `--image-root` (default: the file's folder), as written, else with leading folders dropped
-one at a time (`data/sample_test/sample_img/x.jpg` is found as `sample_img/x.jpg`), since the published files name
-paths from the root of the authors' repository.
+non-blank line of a JSON-lines file: the `row` training names too). A bad row stops the run with a message naming
+it (exit code 1); with `--skip-bad` it is skipped and reported at the end. Image paths resolve by the rule of
+`llava_reward.data_formats`: against `--image-root` (default: the file's folder), exactly as written, except for the
+published files' repository prefix (`data/sample_test/sample_img/x.jpg` is found as `sample_img/x.jpg` when there is
+no `data/` folder but a `sample_img/` one).
 
 Example:
-    >>> from modeling_llava_reward.commands import build_parser
+    >>> from llava_reward.cli import build_parser
     >>> args = build_parser().parse_args(["compare", "--model", "my-reward", "--prompt", "a cat", "a.png", "b.png"])
     >>> args.command, args.images
     ('compare', ['a.png', 'b.png'])
@@ -29,6 +30,10 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+from llava_reward.data_formats import BadRow
+from llava_reward.objectives import get_objective
+from llava_reward.objectives import names_with
 
 from .errors import UserInputError
 
@@ -102,12 +107,12 @@ def _positive_int(text: str) -> int:
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     _check_usage(args, parser)
     # Rows are read and their images found before the model loads: a malformed file fails in a second.
-    file_run = FileRun(args, read_rows(Path(args.input), args.image_root)) if args.input else None
+    file_run = FileRun(args, read_rows(args.input, args.image_root)) if args.input else None
     scorer = _load_scorer(args)
-    if args.command == "compare" and scorer.objective == "ce":
+    if args.command == "compare" and not get_objective(scorer.objective).pairwise:
         raise UserInputError(
-            "compare needs a model with a pairwise objective (bt or gpm); this one is 'ce', which scores each "
-            "image on its own: use `llava-reward score`."
+            f"compare needs a model with a pairwise objective ({names_with('pairwise')}); this one is "
+            f"{scorer.objective!r}, which scores each image on its own: use `llava-reward score`."
         )
     with _open_output(args.output) as output:
         if file_run is None:
@@ -132,15 +137,15 @@ def _load_scorer(args: argparse.Namespace):
     import torch
     from huggingface_hub.errors import HFValidationError
 
-    from modeling_llava_reward import LlavaRewardScorer
+    from llava_reward import LlavaRewardScorer
 
     try:
         device = torch.device(args.device) if args.device else None
     except RuntimeError as error:
         raise UserInputError(f"--device {args.device}: {error}") from None
     if args.model is None:  # the default model (score and compare only: evaluate requires --model)
-        from modeling_llava_reward.default_model import DefaultModelError
-        from modeling_llava_reward.default_model import find_default_model
+        from llava_reward.cli.demo_workflow import DefaultModelError
+        from llava_reward.cli.demo_workflow import find_default_model
 
         try:
             args.model = str(find_default_model())
@@ -177,7 +182,7 @@ def _progress(args: argparse.Namespace) -> bool | None:
 
 def _score_images(scorer, args: argparse.Namespace, output) -> int:
     """Images named on the command line: one line per image (`score`) or one line for the pair (`compare`)."""
-    from modeling_llava_reward.image_inputs import InputError
+    from llava_reward.image_inputs import InputError
 
     prompts = args.prompt if args.command == "score" else [args.prompt]
     try:
@@ -199,15 +204,13 @@ def _score_images(scorer, args: argparse.Namespace, output) -> int:
 def _rewards(scorer, reward, prefix: str) -> dict:
     """`{prefix}reward` (a number, or a list for GPM embeddings), and `{prefix}probability` for a CE model."""
     results = {f"{prefix}reward": reward.tolist()}
-    if scorer.objective == "ce":
+    if not get_objective(scorer.objective).pairwise:  # a CE logit: P(label 1) = sigmoid(reward)
         results[f"{prefix}probability"] = reward.sigmoid().item()
     return results
 
 
 def _probability(scorer, first, second) -> float:
-    from modeling_llava_reward.preference import preference_probability
-
-    return preference_probability(first, second, scorer.objective, scorer.model.config.tau).item()
+    return get_objective(scorer.objective).preference_probability(first, second, scorer.tau).item()
 
 
 def _write(output, record: dict) -> None:
@@ -223,99 +226,46 @@ def _write(output, record: dict) -> None:
 class Row:
     """One scorable row of an input file."""
 
-    number: int  # from 0: the element of a JSON list, or the non-blank line of a JSON-lines file
-    record: dict  # the row as read, repeated in its output line
+    number: int | str  # from 0: the element of a JSON list, the non-blank line of a JSON-lines file, a dataset row
+    record: dict  # the row as read (JSON files), repeated in its output line
     prompts: list  # one per image
-    paths: list[Path]  # [chosen, rejected] for a pairwise row, [path] for an unpaired one
+    images: list  # [chosen, rejected] for a pairwise row, [image] for an unpaired one
 
     @property
     def pairwise(self) -> bool:
-        return len(self.paths) == 2
+        return len(self.images) == 2
 
 
-@dataclass
-class BadRow:
-    number: int
-    problem: str
+def read_rows(source, image_root: str | None = None) -> list[Row | BadRow]:
+    """The rows of `source` (any format `llava_reward.data_formats.read_rows` reads), in order, with their image
+    files found. A source that cannot be read at all raises `UserInputError`; a row that is malformed, or whose image
+    is not found, becomes a `BadRow` saying why."""
+    from llava_reward.data_formats import read_rows as read_source
+    from llava_reward.image_inputs import InputError
 
-    def __str__(self) -> str:
-        return f"row {self.number}: {self.problem}"
-
-
-def read_rows(file: Path, image_root: str | None = None) -> list[Row | BadRow]:
-    """The rows of a published-format JSON list or JSON-lines file, with their image files found.
-
-    A file that cannot be read at all raises `UserInputError`; a row that is malformed, or whose image is not found,
-    becomes a `BadRow` saying why.
-    """
-    if not file.is_file():
-        raise UserInputError(f"--input {file}: file not found.")
-    root = Path(image_root) if image_root else file.parent
-    if not root.is_dir():
-        raise UserInputError(f"--image-root {root}: no such folder.")
-    # Undecodable bytes become lone surrogates: the row holding them is then rejected by number, not the whole file.
-    text = file.read_bytes().decode("utf-8", errors="surrogateescape")
-    rows = []
-    for number, parsed in _parse(file, text):
-        try:
-            rows.append(_row(number, parsed, root))
-        except ValueError as error:
-            rows.append(BadRow(number, str(error)))
-    return rows
-
-
-def _parse(file: Path, text: str) -> list[tuple[int, object]]:
-    """(row number, parsed JSON or the exception) for each row."""
-    if file.suffix == ".jsonl":
-        rows = []
-        for number, line in enumerate(line for line in text.splitlines() if line.strip()):
-            try:
-                rows.append((number, json.loads(line)))
-            except json.JSONDecodeError as error:
-                rows.append((number, ValueError(f"not valid JSON ({error})")))
-        return rows
+    if isinstance(source, (str, Path)) and Path(source).suffix and not Path(source).exists():
+        raise UserInputError(f"--input {source}: file not found.")
+    if image_root is not None and not Path(image_root).is_dir():
+        raise UserInputError(f"--image-root {image_root}: no such folder.")
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as error:
-        hint = "a JSON-lines file must end in .jsonl"
-        raise UserInputError(f"--input {file}: not valid JSON ({error}); {hint}.") from None
-    if not isinstance(data, list):
-        raise UserInputError(f"--input {file}: expected a JSON list of rows, got a JSON {type(data).__name__}.")
-    return list(enumerate(data))
+        found = read_source(source, image_root=image_root)
+    except InputError as error:
+        raise UserInputError(f"--input {error}") from None
+    rows = [_row(row, found.records.get(row["row"])) for row in found.rows]
+    return sorted(rows + found.bad_rows, key=lambda row: _order(row.row if isinstance(row, BadRow) else row.number))
 
 
-def _row(number: int, parsed, root: Path) -> Row:
-    if isinstance(parsed, ValueError):
-        raise parsed
-    if not isinstance(parsed, dict):
-        raise ValueError(f"expected a JSON object, got {type(parsed).__name__}.")
-    if "chosen_path" in parsed or "reject_path" in parsed:
-        keys, prompts = ("chosen_path", "reject_path"), _pairwise_prompts(parsed)
-    elif "path" in parsed:
-        keys, prompts = ("path",), [_required(parsed, "prompt")]
+def _row(row: dict, record: dict | None) -> Row:
+    if "chosen" in row:
+        prompts, images = [row["prompt"], row.get("rejected_prompt") or row["prompt"]], [row["chosen"], row["rejected"]]
     else:
-        raise ValueError(
-            f"expected a pairwise row (prompt, chosen_path, reject_path) or an unpaired row (prompt, path); got keys "
-            f"{sorted(parsed)}."
-        )
-    from trainers.data import _resolve  # the training data's rule, shared so that both find the same files
-
-    return Row(number, parsed, prompts, [Path(_resolve(_required(parsed, key), root, repr(key))) for key in keys])
+        prompts, images = [row["prompt"]], [row["image"]]
+    record = record if record is not None else {key: value for key, value in row.items() if key in ("prompt", "label")}
+    return Row(row["row"], record, prompts, images)
 
 
-def _required(record: dict, key: str):
-    if key not in record:
-        raise ValueError(f"missing {key!r}.")
-    return record[key]
-
-
-def _pairwise_prompts(record: dict) -> list:
-    prompt = _required(record, "prompt")
-    if isinstance(prompt, list):
-        if len(prompt) != 2:
-            raise ValueError(f"'prompt' is a list of {len(prompt)}; expected [prompt_chosen, prompt_rejected].")
-        return prompt
-    return [prompt, prompt]
+def _order(number) -> tuple:
+    return (0, number, "") if isinstance(number, int) else (1, 0, str(number))
 
 
 class FileRun:
@@ -348,33 +298,30 @@ class FileRun:
         return self.summarize()
 
     def score_rows(self, scorer, rows: list[Row]) -> list:
-        """(row, rewards) of the scorable rows; a failing batch is rescored row by row to find the bad row."""
-        from modeling_llava_reward.image_inputs import InputError
+        """(row, rewards) of the scorable rows; the others are rejected with the reason."""
+        from llava_reward.image_inputs import InputError
+        from llava_reward.scoring import score_rows
 
         prepared = []
         for row in rows:
             try:
-                prepared.append((row, *_prepare(scorer.processor, row)))
+                prepared.append((row, _prepare(scorer.processor, row)))
             except InputError as error:
                 self.reject(BadRow(row.number, str(error)))
-        if not prepared:
-            return []
-        prompts = [prompt for _, row_prompts, _ in prepared for prompt in row_prompts]
-        images = [image for _, _, row_images in prepared for image in row_images]
-        try:
-            rewards = scorer.score(prompts, images, batch_size=self.args.batch_size, progress=False)
-        except InputError as error:  # the image processor refused an image (e.g. Qwen-VL: aspect ratio over 200)
-            if len(prepared) == 1:
-                self.reject(BadRow(prepared[0][0].number, str(error)))
-                return []
-            return [scored for row, _, _ in prepared for scored in self.score_rows(scorer, [row])]
-        return list(zip([row for row, _, _ in prepared], rewards.split([len(row.paths) for row, _, _ in prepared])))
+        results = score_rows(scorer, [inputs for _, inputs in prepared], batch_size=self.args.batch_size)
+        scored = []
+        for (row, _), rewards in zip(prepared, results):
+            if isinstance(rewards, InputError):  # e.g. an image the image processor refuses (Qwen-VL: ratio > 200)
+                self.reject(BadRow(row.number, str(rewards)))
+            else:
+                scored.append((row, rewards))
+        return scored
 
     def results(self, scorer, row: Row, rewards) -> dict:
         if not row.pairwise:
             return _rewards(scorer, rewards[0], "")
         results = {**_rewards(scorer, rewards[0], "chosen_"), **_rewards(scorer, rewards[1], "reject_")}
-        if scorer.objective != "ce":
+        if get_objective(scorer.objective).pairwise:
             results["p_chosen"] = _probability(scorer, rewards[0], rewards[1])
             self.preferred.append(results["p_chosen"] > 0.5)
         return results
@@ -387,7 +334,7 @@ class FileRun:
     def summarize(self) -> int:
         """The summary on stderr; exit code 1 when no row could be scored."""
         command = f"llava-reward {self.args.command}"
-        for bad in sorted(self.skipped, key=lambda bad: bad.number):
+        for bad in sorted(self.skipped, key=lambda bad: _order(bad.row)):
             print(f"{command}: skipped {bad}", file=sys.stderr)
         scored = self.total - len(self.skipped)
         print(f"{command}: scored {scored} of {self.total} rows of {self.args.input}; skipped {len(self.skipped)}.",
@@ -408,9 +355,9 @@ def _pairwise_only(row: Row | BadRow) -> Row | BadRow:
 
 def _prepare(processor, row: Row) -> tuple[list[str], list]:
     """The row's checked prompts (truncated, with a warning naming the row) and its loaded images."""
-    from modeling_llava_reward.image_inputs import load_image
+    from llava_reward.image_inputs import load_image
 
-    images = [load_image(path, index) for index, path in enumerate(row.paths)]
+    images = [load_image(path, index) for index, path in enumerate(row.images)]
     prompts, images = processor.pair(row.prompts, images)
     name = f"row {row.number}'s prompt"
     truncated = {prompt: processor.truncate_prompt(prompt, name=name) for prompt in dict.fromkeys(prompts)}

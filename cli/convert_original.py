@@ -4,13 +4,15 @@
         --base Qwen/Qwen2.5-VL-7B-Instruct --out converted/alignment
 
 Example:
-    >>> from modeling_llava_reward.commands import build_parser
+    >>> from llava_reward.cli import build_parser
     >>> args = build_parser().parse_args(["convert-original", "src", "--base", "org/vlm", "--out", "out"])
     >>> args.command, args.base, args.objective
     ('convert-original', 'org/vlm', None)
 """
 
 import argparse
+
+from llava_reward.objectives import OBJECTIVES
 
 from .errors import UserInputError
 
@@ -45,7 +47,7 @@ def register(subparsers) -> None:
         "--perspective", metavar="NAME", help="what it judges; default: the perspective named in SRC_DIR's path"
     )
     parser.add_argument(
-        "--objective", choices=("bt", "gpm", "ce"), help="'ce' for checkpoints trained with cross-entropy (safety): "
+        "--objective", choices=tuple(OBJECTIVES), help="'ce' for checkpoints trained with cross-entropy (safety): "
         "the published config does not record it; default from is_general_preference"
     )
     parser.add_argument("--trust-remote-code", action="store_true", help="needed for Phi-3.5-vision; never implied")
@@ -57,7 +59,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hub_cards.convert_original import convert_original_checkpoint
+    from llava_reward.hub_cards.convert_original import convert_original_checkpoint
 
     try:
         out_dir = convert_original_checkpoint(

@@ -26,16 +26,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from configuration import LlavaRewardConfig
-from modeling_llava_reward.bundle import ADAPTER_CONFIG
-from modeling_llava_reward.bundle import is_adapter_bundle
-from modeling_llava_reward.bundle import load_base_vlm
-from modeling_llava_reward.bundle import reward_model_on
-from modeling_llava_reward.modeling_llava_reward import LlavaRewardModel
-from modeling_llava_reward.modeling_llava_reward import LlavaRewardOutput
-from modeling_llava_reward.processing_llava_reward import LlavaRewardProcessor
-from modeling_llava_reward.scoring import LlavaRewardScorer
-from modeling_llava_reward.scoring import _resolve_folder
+from .configuration import LlavaRewardConfig
+from .bundle import ADAPTER_CONFIG
+from .bundle import is_adapter_bundle
+from .bundle import load_base_vlm
+from .bundle import reward_model_on
+from .modeling_llava_reward import LlavaRewardModel
+from .modeling_llava_reward import LlavaRewardOutput
+from .processing_llava_reward import LlavaRewardProcessor
+from .scoring import LlavaRewardScorer
+from .scoring import _resolve_folder
 
 
 class MultiPerspectiveScorer:
@@ -231,8 +231,8 @@ def load_perspectives(
     ```python
     >>> import tempfile
     >>> from pathlib import Path
-    >>> from hub_cards.testing import save_tiny_perspective
-    >>> from modeling_llava_reward.testing import save_tiny_vlm, tiny_images
+    >>> from llava_reward.testing import save_tiny_perspective
+    >>> from llava_reward.testing import save_tiny_vlm, tiny_images
     >>> root = Path(tempfile.mkdtemp())
     >>> base = save_tiny_vlm("llava", root / "base")
     >>> for seed, name in enumerate(["alignment", "fidelity"]):

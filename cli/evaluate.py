@@ -6,7 +6,7 @@ every metric), `report.md` (tables a person reads, beside the published numbers 
 again with the same arguments continues from `scores.jsonl`. The work is done by `evaluation.Evaluation`.
 
 Example:
-    >>> from modeling_llava_reward.commands import build_parser
+    >>> from llava_reward.cli import build_parser
     >>> args = build_parser().parse_args(
     ...     ["evaluate", "--model", "my-reward", "--benchmark", "mjbench", "--data", "mjbench/quality", "--output", "out"]
     ... )
@@ -81,10 +81,10 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from evaluation import BadRowsError
-    from evaluation import Evaluation
-    from evaluation import Protocol
-    from modeling_llava_reward.image_inputs import InputError
+    from llava_reward.evaluation import BadRowsError
+    from llava_reward.evaluation import Evaluation
+    from llava_reward.evaluation import Protocol
+    from llava_reward.image_inputs import InputError
 
     if args.tie_threshold < 0 or args.bootstrap < 0 or not 0 <= args.threshold <= 1:
         parser.error("--tie-threshold and --bootstrap must be >= 0, and --threshold in [0, 1]")

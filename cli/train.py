@@ -1,8 +1,8 @@
-"""`llava-reward train --config RECIPE.yaml [--key value ...] [--resume [CHECKPOINT]]`: `python -m trainers.train`."""
+"""`llava-reward train --config RECIPE.yaml [--key value ...] [--resume [CHECKPOINT]]`: `python -m llava_reward.trainers.train`."""
 
 import argparse
 
-from trainers.train import build_parser
+from llava_reward.trainers.train import build_parser
 
 from .errors import UserInputError
 
@@ -19,7 +19,7 @@ class _RecipeOverridesParser(argparse.ArgumentParser):
 def register(subparsers):
     parser = subparsers.add_parser(
         "train",
-        help="train a reward model from a recipe (also: python -m trainers.train, torchrun, accelerate launch)",
+        help="train a reward model from a recipe (also: python -m llava_reward.trainers.train, torchrun, accelerate launch)",
         description="Train a LLaVA-Reward perspective from a YAML recipe (see configuration/recipes/).",
     )
     parser.__class__ = _RecipeOverridesParser
@@ -28,11 +28,11 @@ def register(subparsers):
 
 
 def run(args) -> int:
-    from modeling_llava_reward.image_inputs import InputError
-    from trainers.train import RecipeError
-    from trainers.train import load_recipe
-    from trainers.train import parse_overrides
-    from trainers.train import train
+    from llava_reward.image_inputs import InputError
+    from llava_reward.trainers.train import RecipeError
+    from llava_reward.trainers.train import load_recipe
+    from llava_reward.trainers.train import parse_overrides
+    from llava_reward.trainers.train import train
 
     try:
         recipe = load_recipe(args.config, parse_overrides(args.overrides))

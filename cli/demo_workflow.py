@@ -19,7 +19,7 @@ version): a later run with the same inputs reuses it and only scores the example
 
 Example:
     >>> import os
-    >>> from modeling_llava_reward.default_model import default_model_dir
+    >>> from llava_reward.cli.demo_workflow import default_model_dir
     >>> os.environ["LLAVA_REWARD_HOME"] = "/tmp/llava-reward-home"
     >>> default_model_dir().as_posix()
     '/tmp/llava-reward-home/models/fidelity-default'
@@ -36,8 +36,8 @@ import sys
 import time
 from pathlib import Path
 
-from .default_backbone import llava_reward_home
-from .default_backbone import read_build_info
+from llava_reward.default_backbone import llava_reward_home
+from llava_reward.default_backbone import read_build_info
 
 
 MODEL_NAME = "fidelity-default"
@@ -116,9 +116,9 @@ class PreparedData:
 def read_pairs(data: Path, limit: int | None = None):
     """The MJ-Bench rows of every subset folder under `data` (`evaluation.benchmarks.read_benchmark`), grouped by
     subset; at least two subsets are needed (each is held out in turn)."""
-    from evaluation.benchmarks import read_benchmark
+    from llava_reward.evaluation.benchmarks import read_benchmark
 
-    from .image_inputs import InputError
+    from llava_reward.image_inputs import InputError
 
     try:
         rows = read_benchmark("mjbench", data, limit=limit)
@@ -193,14 +193,14 @@ def _processed_image(path: str, image_processor):
     """The image as the model sees it before normalisation: resized and cropped by `image_processor`, as uint8."""
     from PIL import Image
 
-    from .image_inputs import load_image
+    from llava_reward.image_inputs import load_image
 
     array = image_processor(images=[load_image(path)], do_rescale=False, do_normalize=False, return_tensors="np")
     return Image.fromarray(array["pixel_values"][0].round().astype("uint8").transpose(1, 2, 0))
 
 
 def _pairs_of(subset_dir: Path) -> list[dict]:
-    from trainers.data import load_preference_data
+    from llava_reward.trainers.data import load_preference_data
 
     dataset = load_preference_data(next(subset_dir.glob("captions_*.json")))
     return [{"prompt": row["prompt"], "chosen": row["chosen"], "rejected": row["rejected"]} for row in dataset]
@@ -214,8 +214,8 @@ def train_reward_model(
     progress: bool = True,
 ) -> dict:
     """Train the recipe's reward model on `train_file` into `output_dir`; returns the wall and CPU seconds taken."""
-    from trainers.train import load_recipe
-    from trainers.train import train
+    from llava_reward.trainers.train import load_recipe
+    from llava_reward.trainers.train import train
 
     settings = {
         "model.base_model": str(base_model),
@@ -232,9 +232,9 @@ def train_reward_model(
 
 def evaluate_reward_model(model_dir: Path, subset_dir: Path, output_dir: Path, *, progress: bool = True) -> dict:
     """`evaluation.Evaluation` of the model in `model_dir` on one MJ-Bench subset folder; returns its metrics."""
-    from evaluation import Evaluation
+    from llava_reward.evaluation import Evaluation
 
-    from .scoring import LlavaRewardScorer
+    from llava_reward.scoring import LlavaRewardScorer
 
     with _timed() as seconds:
         scorer = LlavaRewardScorer.from_pretrained(model_dir)
@@ -297,7 +297,7 @@ def run_demo(
     A model made with `max_steps` or `limit` is a quick check, not the default model: it is saved (and reused) like
     one, and its metrics.json says how it was made.
     """
-    from .default_backbone import build_default_backbone
+    from llava_reward.default_backbone import build_default_backbone
 
     start = time.perf_counter()
     say = _reporter(progress, start)
@@ -353,7 +353,7 @@ def _make_default_model(prepared, backbone, model_dir, settings, fingerprint, ov
 
 def score_examples(model_dir: Path, prepared: PreparedData, per_subset: int = EXAMPLES_PER_SUBSET) -> list[dict]:
     """P(original preferred over edited) from the saved default model for the first pairs of each subset."""
-    from .scoring import LlavaRewardScorer
+    from llava_reward.scoring import LlavaRewardScorer
 
     scorer = LlavaRewardScorer.from_pretrained(model_dir, progress=False)
     examples = []
@@ -377,7 +377,7 @@ def find_default_model() -> Path:
 
 def format_report(result: DemoResult) -> str:
     """The demo's closing report: held-out accuracy beside published baselines, the model, the scored examples."""
-    from evaluation import load_references
+    from llava_reward.evaluation import load_references
 
     metrics = result.metrics
     baselines = _baselines(load_references("mjbench"), ("PickScore", "HPS v2.1", "ImageReward"))
@@ -414,7 +414,7 @@ def format_report(result: DemoResult) -> str:
 
 def write_card(model_dir: Path, metrics: dict) -> None:
     """The default model's card (README.md): `hub_cards`' perspective card with the held-out results as metrics."""
-    from hub_cards.cards import render_perspective_card
+    from llava_reward.hub_cards.cards import render_perspective_card
 
     held_out = [
         {"benchmark": "mjbench", "dataset_name": f"{subset} (held out)",

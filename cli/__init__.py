@@ -9,7 +9,7 @@ package itself imports transformers and torch (importing it registers the Auto c
 Exit codes: 0 success, 1 bad input (a clear message on stderr, no traceback), 2 usage error (argparse).
 
 Example:
-    >>> from modeling_llava_reward.commands import build_parser
+    >>> from llava_reward.cli import build_parser
     >>> build_parser().prog
     'llava-reward'
 """

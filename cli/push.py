@@ -5,7 +5,7 @@
     llava-reward push outputs/fidelity --repo-id me/llava-reward-qwen --dry-run                # what would go up
 
 Example:
-    >>> from modeling_llava_reward.commands import build_parser
+    >>> from llava_reward.cli import build_parser
     >>> args = build_parser().parse_args(["push", "out", "--repo-id", "me/rm", "--dry-run"])
     >>> args.command, args.repo_id, args.dry_run
     ('push', 'me/rm', True)
@@ -65,9 +65,9 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from huggingface_hub.errors import HfHubHTTPError
 
-    from hub_cards.push import perspective_files
-    from hub_cards.push import push_perspective
-    from hub_cards.push import write_local
+    from llava_reward.hub_cards.push import perspective_files
+    from llava_reward.hub_cards.push import push_perspective
+    from llava_reward.hub_cards.push import write_local
 
     perspective = args.perspective or _recorded_perspective(args.model_dir)
     options = dict(

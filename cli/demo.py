@@ -2,7 +2,7 @@
 pairs, score example pairs and print a short report (the model is cached: later runs take seconds).
 
 Example:
-    >>> from modeling_llava_reward.commands import build_parser
+    >>> from llava_reward.cli import build_parser
     >>> args = build_parser().parse_args(["demo", "--data", "mjbench_quality", "--max-steps", "2"])
     >>> (args.data, args.max_steps, args.force)
     ('mjbench_quality', 2, False)
@@ -42,12 +42,12 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..default_backbone import BackboneParityError
-    from ..default_backbone import MissingBackboneDependency
-    from ..default_model import IMAGE_SIZE
-    from ..default_model import DefaultModelError
-    from ..default_model import format_report
-    from ..default_model import run_demo
+    from llava_reward.default_backbone import BackboneParityError
+    from llava_reward.default_backbone import MissingBackboneDependency
+    from .demo_workflow import IMAGE_SIZE
+    from .demo_workflow import DefaultModelError
+    from .demo_workflow import format_report
+    from .demo_workflow import run_demo
     from .errors import UserInputError
 
     try:

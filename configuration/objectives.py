@@ -1,0 +1,1 @@
+../modeling_llava_reward/objectives.py
