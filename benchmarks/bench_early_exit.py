@@ -13,7 +13,6 @@ import copy
 
 import numpy as np
 import torch
-
 from common import Report
 from common import load_backbones
 from common import measure

@@ -17,7 +17,6 @@ compare model calls. Target: judge / ours >= 10.
 import copy
 
 import torch
-
 from common import Report
 from common import load_backbones
 from common import measure

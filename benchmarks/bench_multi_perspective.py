@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from common import Report
 from common import default_recipe
 from common import load_backbones

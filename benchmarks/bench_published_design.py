@@ -16,7 +16,6 @@ Target: published / ours >= 1.3, and a lower peak memory.
 import functools
 
 import torch
-
 from common import Report
 from common import load_backbones
 from common import measure

@@ -18,7 +18,6 @@ at the larger ones.
 """
 
 import torch
-
 from common import Report
 from common import load_backbones
 from common import measure

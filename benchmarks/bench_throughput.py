@@ -10,7 +10,6 @@ batching stops paying.
 """
 
 import torch
-
 from common import Report
 from common import load_backbones
 from common import parse_args

@@ -19,7 +19,6 @@ import copy
 import tempfile
 
 import torch
-
 from common import Report
 from common import load_backbones
 from common import measure
@@ -51,8 +50,8 @@ def training_step(model, trainable, loss_of, inputs, checkpointing: bool):
 def main():
     args = parse_args(__doc__.splitlines()[0], dict(pairs=1), pairs=2, image_size=112)
     report = Report("training", __doc__.splitlines()[0], args)
-    from llava_reward.trainers.trainer import LlavaRewardTrainingConfig
     from llava_reward.objectives import get_objective
+    from llava_reward.trainers.trainer import LlavaRewardTrainingConfig
     from llava_reward.trainers.trainer import prepare_for_training
 
     prompts, chosen, rejected = preference_pairs(args.pairs, args.input_px)

@@ -75,13 +75,13 @@ def main() -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from llava_reward.default_backbone import build_default_backbone
-    from llava_reward.default_backbone import llava_reward_home
     from llava_reward.cli.demo_workflow import IMAGE_SIZE
     from llava_reward.cli.demo_workflow import RECIPE
     from llava_reward.cli.demo_workflow import cross_subset
     from llava_reward.cli.demo_workflow import find_data
     from llava_reward.cli.demo_workflow import prepare_data
+    from llava_reward.default_backbone import build_default_backbone
+    from llava_reward.default_backbone import llava_reward_home
 
     data = find_data(args.data)
     results.update(protocol=__doc__.split("\n\n")[1], recipe=RECIPE.read_text(), data=str(data))

@@ -95,9 +95,9 @@ def main() -> int:
     import torch
 
     torch.manual_seed(0)
-    from llava_reward.default_backbone import build_default_backbone
     from llava_reward.cli.demo_workflow import find_data
     from llava_reward.cli.demo_workflow import read_pairs
+    from llava_reward.default_backbone import build_default_backbone
 
     subsets = read_pairs(find_data(args.data))
     results = {"description": __doc__.split("\n\n")[1], "image_sizes": {}}

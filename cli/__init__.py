@@ -20,6 +20,7 @@ import sys
 
 from .errors import UserInputError
 
+
 # Module names (in this package) of the subcommands, in the order `--help` lists them.
 SUBCOMMAND_MODULES = ("demo", "score", "train", "build_backbone", "push", "convert_original", "evaluate")
 

@@ -11,6 +11,8 @@ Example:
 import argparse
 import pathlib
 
+from .options import image_size
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -27,7 +29,7 @@ def register(subparsers) -> None:
     parser.add_argument("--output", type=pathlib.Path, metavar="DIR", help="folder to save the backbone to")
     parser.add_argument(
         "--image-size",
-        type=_image_size,
+        type=image_size,
         default=224,
         metavar="PX",
         help="square input side in pixels, a multiple of 14 (224: 256 image tokens; 112: 64, ~4x faster)",
@@ -37,20 +39,11 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def _image_size(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 14 or value % 14:
-        raise argparse.ArgumentTypeError(f"must be a positive multiple of 14 (the patch size), got {text!r}")
-    return value
-
-
 def run(args: argparse.Namespace) -> int:
     from llava_reward.default_backbone import BackboneParityError
     from llava_reward.default_backbone import MissingBackboneDependency
     from llava_reward.default_backbone import build_default_backbone
+
     from .errors import UserInputError
 
     try:

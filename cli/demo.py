@@ -10,8 +10,8 @@ Example:
 
 import argparse
 
-from .build_backbone import _image_size
-from .score import _positive_int
+from .options import image_size
+from .options import positive_int
 
 
 def register(subparsers) -> None:
@@ -33,10 +33,10 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--force", action="store_true", help="train again even if a matching model is cached")
     parser.add_argument(
-        "--image-size", type=_image_size, default=None, metavar="PX", help="backbone input side (default: 112)"
+        "--image-size", type=image_size, default=None, metavar="PX", help="backbone input side (default: 112)"
     )
-    parser.add_argument("--max-steps", type=_positive_int, metavar="N", help="a quick check: N training steps per model")
-    parser.add_argument("--limit", type=_positive_int, metavar="N", help="a quick check: the first N pairs per subset")
+    parser.add_argument("--max-steps", type=positive_int, metavar="N", help="a quick check: N training steps per model")
+    parser.add_argument("--limit", type=positive_int, metavar="N", help="a quick check: the first N pairs per subset")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or step messages")
     parser.set_defaults(func=run)
 
@@ -44,6 +44,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from llava_reward.default_backbone import BackboneParityError
     from llava_reward.default_backbone import MissingBackboneDependency
+
     from .demo_workflow import IMAGE_SIZE
     from .demo_workflow import DefaultModelError
     from .demo_workflow import format_report

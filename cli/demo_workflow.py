@@ -32,12 +32,17 @@ import importlib.metadata
 import json
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 
+from llava_reward.bundle import CARD_FILE
+from llava_reward.bundle import METRICS_FILE
 from llava_reward.default_backbone import llava_reward_home
 from llava_reward.default_backbone import read_build_info
+from llava_reward.files import publish
+from llava_reward.files import reporter
+from llava_reward.files import staging_dir
+from llava_reward.files import write_json
 
 
 MODEL_NAME = "fidelity-default"
@@ -58,8 +63,6 @@ not a competitive fidelity judge: on defects unlike those it was trained on it i
 Do not optimise a generator against it. The measurements behind its configuration, and what bounds it, are in
 `docs/default-model.md` of the llava-reward repository.
 """  # appended to the perspective card: what a reader of the card must know about this particular model
-METRICS_FILE = "metrics.json"
-CARD_FILE = "README.md"
 EXAMPLES_PER_SUBSET = 2
 
 
@@ -109,7 +112,7 @@ class PreparedData:
         path = self.root.parent / f"{self.root.name}-pairs" / f"{name}.json"
         if not path.is_file():
             rows = [row for subset in sorted(subsets) for row in _pairs_of(self.subsets[subset])]
-            _write_json(path, rows)
+            write_json(path, rows)
         return path
 
 
@@ -117,7 +120,6 @@ def read_pairs(data: Path, limit: int | None = None):
     """The MJ-Bench rows of every subset folder under `data` (`evaluation.benchmarks.read_benchmark`), grouped by
     subset; at least two subsets are needed (each is held out in turn)."""
     from llava_reward.evaluation.benchmarks import read_benchmark
-
     from llava_reward.image_inputs import InputError
 
     try:
@@ -163,12 +165,12 @@ def prepare_data(data: Path, base_model: Path, *, limit: int | None = None, prog
         return prepared
     from tqdm.auto import tqdm
 
-    staging = _staging_dir(root)
+    staging = staging_dir(root)
     try:
         for name, items in subsets.items():
             _write_subset(staging / name, name, items, image_processor, tqdm, progress)
-        _write_json(staging / FINGERPRINT_FILE, {"source": str(data), "fingerprint": fingerprint})
-        _replace(staging, root)
+        write_json(staging / FINGERPRINT_FILE, {"source": str(data), "fingerprint": fingerprint})
+        publish(staging, root)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return prepared
@@ -186,7 +188,7 @@ def _write_subset(folder: Path, name: str, items: list, image_processor, tqdm, p
             stored.append(file_name)
         rows.append({"caption": item.prompts[0], "image_0": stored[0], "image_1": stored[1], "label_0": 1,
                      "source_row": item.id})
-    _write_json(folder / f"captions_{name.replace('/', '_')}.json", rows)
+    write_json(folder / f"captions_{name.replace('/', '_')}.json", rows)
 
 
 def _processed_image(path: str, image_processor):
@@ -233,7 +235,6 @@ def train_reward_model(
 def evaluate_reward_model(model_dir: Path, subset_dir: Path, output_dir: Path, *, progress: bool = True) -> dict:
     """`evaluation.Evaluation` of the model in `model_dir` on one MJ-Bench subset folder; returns its metrics."""
     from llava_reward.evaluation import Evaluation
-
     from llava_reward.scoring import LlavaRewardScorer
 
     with _timed() as seconds:
@@ -300,7 +301,7 @@ def run_demo(
     from llava_reward.default_backbone import build_default_backbone
 
     start = time.perf_counter()
-    say = _reporter(progress, start)
+    say = reporter("llava-reward demo", progress, start)
     data = find_data(data)
     subsets = read_pairs(data, limit)  # bad data fails here, before the backbone is built
     backbone = build_default_backbone(image_size=image_size, progress=progress)
@@ -324,7 +325,7 @@ def run_demo(
 
 
 def _make_default_model(prepared, backbone, model_dir, settings, fingerprint, overrides, progress, say) -> None:
-    staging = _staging_dir(model_dir)
+    staging = staging_dir(model_dir)
     try:
         held_out = cross_subset(prepared, backbone, staging / "cross-subset", overrides=overrides, progress=progress,
                                 say=say)
@@ -342,10 +343,10 @@ def _make_default_model(prepared, backbone, model_dir, settings, fingerprint, ov
             "recipe": _recipe_settings(),
             "data": str(prepared.root),
         }
-        _write_json(staging / METRICS_FILE, metrics)
+        write_json(staging / METRICS_FILE, metrics)
         write_card(staging, metrics)
-        _write_json(staging / FINGERPRINT_FILE, {"fingerprint": fingerprint})  # last: the folder is complete
-        _replace(staging, model_dir)
+        write_json(staging / FINGERPRINT_FILE, {"fingerprint": fingerprint})  # last: the folder is complete
+        publish(staging, model_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     say(f"saved the default model to {model_dir}")
@@ -495,31 +496,6 @@ def _fingerprint(payload) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _write_json(path: Path, payload) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-
-
-def _staging_dir(target: Path) -> Path:
-    """An empty folder beside `target` (same file system: the final rename is atomic)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.with_name(f".{target.name}.staging-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    return staging
-
-
-def _replace(staging: Path, target: Path) -> None:
-    """Move the finished `staging` folder to `target`, replacing what is there."""
-    if target.exists():
-        retired = target.with_name(f".{target.name}.replaced-{os.getpid()}")
-        target.rename(retired)
-        staging.rename(target)
-        shutil.rmtree(retired, ignore_errors=True)
-    else:
-        staging.rename(target)
-
-
 @contextlib.contextmanager
 def _timed():
     """Yields a dict filled, on exit, with the wall and CPU (this process, all threads) seconds of the block."""
@@ -529,11 +505,3 @@ def _timed():
         yield seconds
     finally:
         seconds.update(wall=round(time.perf_counter() - wall, 1), cpu=round(time.process_time() - cpu, 1))
-
-
-def _reporter(progress: bool, start: float):
-    def say(message: str) -> None:
-        if progress:
-            print(f"[llava-reward demo {time.perf_counter() - start:6.1f}s] {message}", file=sys.stderr, flush=True)
-
-    return say

@@ -19,9 +19,9 @@ import functools
 import sys
 
 from .errors import UserInputError
+from .options import positive_int
 from .score import DTYPES
-from .score import _load_scorer
-from .score import _positive_int
+from .score import load_scorer
 
 
 BENCHMARKS = ("mjbench", "tifa160", "unpaired", "pairwise")  # evaluation.BENCHMARKS, without importing it here
@@ -55,10 +55,10 @@ def register(subparsers) -> None:
     parser.add_argument("--data", required=True, metavar="PATH", help="the benchmark's JSON file or folder")
     parser.add_argument("--output", required=True, metavar="DIR", help="folder for the outputs (created if needed)")
     parser.add_argument("--image-root", metavar="DIR", help="folder relative image paths start from")
-    parser.add_argument("--batch-size", type=_positive_int, default=8, metavar="N", help="images per forward (8)")
+    parser.add_argument("--batch-size", type=positive_int, default=8, metavar="N", help="images per forward (8)")
     parser.add_argument("--device", help="where to run, e.g. cpu, cuda, cuda:1, mps (default: cpu)")
     parser.add_argument("--dtype", choices=DTYPES, help="cast the model to this dtype (default: as saved)")
-    parser.add_argument("--limit", type=_positive_int, metavar="N", help="only the first N rows of each data file")
+    parser.add_argument("--limit", type=positive_int, metavar="N", help="only the first N rows of each data file")
     parser.add_argument("--skip-bad", action="store_true", help="skip bad rows (listed in metrics.json and report.md)")
     parser.add_argument("--overwrite", action="store_true", help="discard the scores in DIR instead of resuming")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (it is off when not a terminal)")
@@ -102,7 +102,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             protocol=protocol,
             reference_benchmark=args.reference_benchmark,
         )
-        scorer = _load_scorer(args)
+        scorer = load_scorer(args)
         metrics = evaluation.run(
             scorer,
             model=args.model,

@@ -36,9 +36,11 @@ from llava_reward.objectives import get_objective
 from llava_reward.objectives import names_with
 
 from .errors import UserInputError
+from .options import DTYPES
+from .options import load_scorer
+from .options import positive_int
+from .options import progress_option
 
-
-DTYPES = ("float32", "float16", "bfloat16")
 
 EPILOG = """\
 Input files: a JSON list of rows, or a .jsonl file with one row per line; pairwise rows
@@ -91,24 +93,18 @@ def _add_shared_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", metavar="FILE", help="a .json (list of rows) or .jsonl file instead of IMAGEs")
     parser.add_argument("--image-root", metavar="DIR", help="folder the file's image paths are relative to")
     parser.add_argument("--output", metavar="FILE", help="write the JSON lines here instead of stdout")
-    parser.add_argument("--batch-size", type=_positive_int, default=8, metavar="N", help="images per forward (8)")
+    parser.add_argument("--batch-size", type=positive_int, default=8, metavar="N", help="images per forward (8)")
     parser.add_argument("--device", help="where to run, e.g. cpu, cuda, cuda:1, mps (default: cpu)")
     parser.add_argument("--dtype", choices=DTYPES, help="cast the model to this dtype (default: as saved)")
     parser.add_argument("--skip-bad", action="store_true", help="with --input: skip bad rows, report them at the end")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (it is off when not a terminal)")
 
 
-def _positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return int(text)
-
-
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     _check_usage(args, parser)
     # Rows are read and their images found before the model loads: a malformed file fails in a second.
     file_run = FileRun(args, read_rows(args.input, args.image_root)) if args.input else None
-    scorer = _load_scorer(args)
+    scorer = load_scorer(args)
     if args.command == "compare" and not get_objective(scorer.objective).pairwise:
         raise UserInputError(
             f"compare needs a model with a pairwise objective ({names_with('pairwise')}); this one is "
@@ -133,34 +129,6 @@ def _check_usage(args: argparse.Namespace, parser: argparse.ArgumentParser) -> N
             parser.error("--skip-bad and --image-root apply to --input files only")
 
 
-def _load_scorer(args: argparse.Namespace):
-    import torch
-    from huggingface_hub.errors import HFValidationError
-
-    from llava_reward import LlavaRewardScorer
-
-    try:
-        device = torch.device(args.device) if args.device else None
-    except RuntimeError as error:
-        raise UserInputError(f"--device {args.device}: {error}") from None
-    if args.model is None:  # the default model (score and compare only: evaluate requires --model)
-        from llava_reward.cli.demo_workflow import DefaultModelError
-        from llava_reward.cli.demo_workflow import find_default_model
-
-        try:
-            args.model = str(find_default_model())
-        except DefaultModelError as error:
-            raise UserInputError(f"no --model given and {error}") from None
-    try:
-        return LlavaRewardScorer.from_pretrained(
-            args.model, subfolder=args.subfolder, device=device, dtype=args.dtype, progress=_progress(args)
-        )
-    except HFValidationError:
-        raise UserInputError(f"--model {args.model}: no such folder (nor a valid Hub repo id).") from None
-    except OSError as error:  # not a model folder, or a Hub repo that is neither reachable nor in the offline cache
-        raise UserInputError(f"--model {args.model}: cannot load a LLaVA-Reward model: {error}") from None
-
-
 @contextlib.contextmanager
 def _open_output(path: str | None):
     """stdout, or a file created for writing (its folder must exist)."""
@@ -175,18 +143,13 @@ def _open_output(path: str | None):
         yield file
 
 
-def _progress(args: argparse.Namespace) -> bool | None:
-    """False when asked for no progress bar; None lets the bar decide (shown on a terminal only)."""
-    return False if args.no_progress else None
-
-
 def _score_images(scorer, args: argparse.Namespace, output) -> int:
     """Images named on the command line: one line per image (`score`) or one line for the pair (`compare`)."""
     from llava_reward.image_inputs import InputError
 
     prompts = args.prompt if args.command == "score" else [args.prompt]
     try:
-        rewards = scorer.score(prompts, args.images, batch_size=args.batch_size, progress=_progress(args))
+        rewards = scorer.score(prompts, args.images, batch_size=args.batch_size, progress=progress_option(args))
     except InputError as error:
         raise UserInputError(str(error)) from None
     if args.command == "compare":

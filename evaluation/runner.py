@@ -25,8 +25,10 @@ import numpy as np
 import torch
 from scipy.special import expit
 
+from llava_reward.bundle import METRICS_FILE
 from llava_reward.data_formats import BadRow
 from llava_reward.data_formats import BadRowsError
+from llava_reward.files import write_json
 from llava_reward.image_inputs import InputError
 from llava_reward.objectives import get_objective
 from llava_reward.objectives import names_with
@@ -41,7 +43,7 @@ from .report import write_report
 
 
 METRICS_DIR = Path(__file__).parent / "metrics"
-SCORES_FILE, METRICS_FILE, REPORT_FILE = "scores.jsonl", "metrics.json", "report.md"
+SCORES_FILE, REPORT_FILE = "scores.jsonl", "report.md"
 HISTOGRAM_FILE, RELIABILITY_FILE = "reward_histogram.png", "reliability.png"
 
 
@@ -141,7 +143,7 @@ class Evaluation:
             store.load()
             store.check(self.rows.items)
         self.num_resumed = sum(item.id in store.records for item in self.rows.items)
-        _write_json(self.output_dir / METRICS_FILE, {**header, "status": "running"})
+        write_json(self.output_dir / METRICS_FILE, {**header, "status": "running"})
         self._score_missing(scorer, task, store, batch_size, progress)
 
         scored = [item for item in self.rows.items if item.id in store.records]
@@ -161,7 +163,7 @@ class Evaluation:
             "calibration": calibration,  # the reliability diagram's bins (None without a probability to check)
             "plots": plot_files,
         }
-        _write_json(self.output_dir / METRICS_FILE, metrics)
+        write_json(self.output_dir / METRICS_FILE, metrics)
         write_report(metrics, self.output_dir / REPORT_FILE)
         return metrics
 
@@ -273,10 +275,6 @@ class ScoreFile:
             file.flush()
             os.fsync(file.fileno())
         self.records.update((record["id"], record) for record in records)
-
-
-def _write_json(path: Path, payload: dict) -> None:
-    path.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
 
 
 # ---------------------------------------------------------------------------------------------------------- tasks

@@ -21,15 +21,15 @@ from huggingface_hub import ModelCardData
 from huggingface_hub.utils import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
-from llava_reward.configuration import LlavaRewardConfig
 from llava_reward.bundle import ADAPTER_CONFIG
+from llava_reward.bundle import METRICS_FILE
 from llava_reward.bundle import is_adapter_bundle
+from llava_reward.configuration import LlavaRewardConfig
 from llava_reward.families import get_family
 from llava_reward.objectives import get_objective
 
 
 TEMPLATES = Path(__file__).parent / "templates"
-METRICS_FILE = "metrics.json"
 CONVERSION_FILE = "conversion.json"
 # The first line of a repository card `push` may regenerate; a card without it is the user's and is left alone.
 REPO_CARD_MARKER = "<!-- llava-reward:repo-card -->"

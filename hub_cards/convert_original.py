@@ -33,13 +33,12 @@ from pathlib import Path
 import torch
 import yaml
 from safetensors.torch import load_file
-
 from transformers import AutoConfig
 
 from llava_reward.bundle import save_reward_bundle
 from llava_reward.families import get_family
-from llava_reward.objectives import get_objective
 from llava_reward.modeling_llava_reward import LlavaRewardModel
+from llava_reward.objectives import get_objective
 from llava_reward.processing_llava_reward import LlavaRewardProcessor
 
 from .cards import CONVERSION_FILE

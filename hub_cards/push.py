@@ -31,11 +31,12 @@ from huggingface_hub import CommitOperationDelete
 from huggingface_hub import HfApi
 from huggingface_hub.utils import validate_repo_id
 
-from llava_reward.configuration import LlavaRewardConfig
+from llava_reward.bundle import CARD_FILE
+from llava_reward.bundle import METRICS_FILE
 from llava_reward.bundle import is_adapter_bundle
+from llava_reward.configuration import LlavaRewardConfig
 
 from .cards import CONVERSION_FILE
-from .cards import METRICS_FILE
 from .cards import REPO_CARD_MARKER
 from .cards import is_hub_id
 from .cards import read_metrics
@@ -58,7 +59,7 @@ PROCESSOR_FILES = {
     "merges.txt",
     "tokenizer.model",
 }
-CARD_FILES = {"README.md", METRICS_FILE, CONVERSION_FILE}
+CARD_FILES = {CARD_FILE, METRICS_FILE, CONVERSION_FILE}
 AUTO_MAP_FILES = ("config.json", "processor_config.json", "tokenizer_config.json", "preprocessor_config.json")
 
 

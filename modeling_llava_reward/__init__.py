@@ -7,7 +7,6 @@ from transformers import AutoModel
 from transformers import AutoProcessor
 
 from .configuration import LlavaRewardConfig
-
 from .families import FAMILIES
 from .families import VlmFamily
 from .families import get_family

@@ -24,12 +24,13 @@ from safetensors.torch import save_file
 from transformers import AutoModel
 
 from .configuration import LlavaRewardConfig
-
 from .modeling_llava_reward import LlavaRewardModel
 
 
 REWARD_HEAD_WEIGHTS = "reward_head.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
+METRICS_FILE = "metrics.json"  # evaluation results (`llava-reward evaluate`), shown in the model card
+CARD_FILE = "README.md"  # the model card
 
 
 def reward_head_state_dict(model: LlavaRewardModel) -> dict[str, torch.Tensor]:
@@ -151,3 +152,15 @@ def load_reward_head(model: LlavaRewardModel, weights_file: str | os.PathLike) -
         for name, parameter in model.named_parameters():
             if name in saved:
                 parameter.copy_(saved[name].to(parameter.dtype))
+
+
+def model_folder(path_or_repo: str | os.PathLike, *, subfolder: str | None = None, revision: str | None = None) -> Path:
+    """The local folder of a saved model: `path_or_repo/subfolder` when it is a folder here, otherwise the snapshot of
+    Hub repo `path_or_repo` at `revision` (downloaded, or read from the offline cache), restricted to `subfolder`."""
+    local = Path(path_or_repo) / (subfolder or "")
+    if local.is_dir():
+        return local
+    from huggingface_hub import snapshot_download
+
+    allow = [f"{subfolder}/*"] if subfolder else None
+    return Path(snapshot_download(str(path_or_repo), revision=revision, allow_patterns=allow)) / (subfolder or "")

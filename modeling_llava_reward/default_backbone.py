@@ -33,7 +33,6 @@ import json
 import os
 import pathlib
 import re
-import secrets
 import shutil
 import sys
 import time
@@ -42,6 +41,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from PIL import Image
+
+from .files import publish
+from .files import reporter
+from .files import staging_dir
 
 
 DEFAULT_IMAGE_SIZE = 224
@@ -675,7 +678,7 @@ def build_default_backbone(
     if image_size < PATCH_SIZE or image_size % PATCH_SIZE:
         raise ValueError(f"image_size must be a positive multiple of {PATCH_SIZE}, got {image_size}")
     output_dir = pathlib.Path(output_dir).expanduser() if output_dir is not None else default_backbone_dir(image_size)
-    say = _reporter(progress)
+    say = reporter("default backbone", progress)
     if not force and is_default_backbone(output_dir, image_size):
         say(f"reusing the default backbone in {output_dir}")
         return output_dir
@@ -684,13 +687,10 @@ def build_default_backbone(
             f"{output_dir} exists and is not a default backbone: use force=True (--force) to replace it"
         )
     sources = check_dependencies()
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    # Beside the target (same file system, so the final rename is atomic); mkdir honours the umask, unlike mkdtemp.
-    staging = output_dir.with_name(f".{output_dir.name}.building-{os.getpid()}-{secrets.token_hex(4)}")
-    staging.mkdir()
+    staging = staging_dir(output_dir)
     try:
         _build_into(staging, sources, image_size, progress, say)
-        _publish(staging, output_dir)
+        publish(staging, output_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     say(f"saved the default backbone to {output_dir}")
@@ -761,30 +761,6 @@ def _source_info(source: SourceFile, path: pathlib.Path) -> dict:
 def _software_versions() -> dict[str, str]:
     distributions = ("torch", "transformers", "gguf", "onnx", "onnxruntime", "scikit-image")
     return {"python": sys.version.split()[0], **{name: importlib.metadata.version(name) for name in distributions}}
-
-
-def _publish(staging: pathlib.Path, output_dir: pathlib.Path) -> None:
-    """Move the finished build to `output_dir`, replacing what is there (each rename is atomic)."""
-    if not output_dir.exists():
-        staging.rename(output_dir)
-        return
-    retired = output_dir.with_name(f".{output_dir.name}.replaced-{os.getpid()}-{secrets.token_hex(4)}")
-    output_dir.rename(retired)
-    staging.rename(output_dir)
-    if retired.is_dir():
-        shutil.rmtree(retired)
-    else:
-        retired.unlink()
-
-
-def _reporter(progress: bool):
-    start = time.perf_counter()
-
-    def say(message: str) -> None:
-        if progress:
-            print(f"[default backbone {time.perf_counter() - start:5.1f}s] {message}", file=sys.stderr, flush=True)
-
-    return say
 
 
 @contextlib.contextmanager

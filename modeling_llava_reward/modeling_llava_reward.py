@@ -28,6 +28,7 @@ from transformers.utils import can_return_tuple
 from .families import VlmFamily
 from .families import get_family
 
+
 try:  # installed package: the config class lives in the `configuration` package
     from llava_reward.configuration import LlavaRewardConfig
 except ImportError:

@@ -26,16 +26,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .configuration import LlavaRewardConfig
 from .bundle import ADAPTER_CONFIG
 from .bundle import is_adapter_bundle
 from .bundle import load_base_vlm
+from .bundle import model_folder
 from .bundle import reward_model_on
+from .configuration import LlavaRewardConfig
 from .modeling_llava_reward import LlavaRewardModel
 from .modeling_llava_reward import LlavaRewardOutput
 from .processing_llava_reward import LlavaRewardProcessor
 from .scoring import LlavaRewardScorer
-from .scoring import _resolve_folder
 
 
 class MultiPerspectiveScorer:
@@ -244,7 +244,7 @@ def load_perspectives(
     ```"""
     if isinstance(perspectives, str) or not perspectives:
         raise ValueError(f"`perspectives` must be a non-empty list of subfolder names, got {perspectives!r}.")
-    folders = {name: _resolve_folder(repo_or_dir, name, revision) for name in perspectives}
+    folders = {name: model_folder(repo_or_dir, subfolder=name, revision=revision) for name in perspectives}
     for name, folder in folders.items():
         if not is_adapter_bundle(folder):
             raise ValueError(

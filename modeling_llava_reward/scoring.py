@@ -11,13 +11,13 @@ Example:
 
 import os
 import sys
-from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from .bundle import is_adapter_bundle
 from .bundle import load_reward_bundle
+from .bundle import model_folder
 from .image_inputs import InputError
 from .image_inputs import as_image_list
 from .image_inputs import load_image
@@ -70,7 +70,7 @@ class LlavaRewardScorer:
 
         `base` overrides the base VLM an adapter bundle names (a local path, Hub id or loaded model).
         """
-        folder = _resolve_folder(path_or_repo, subfolder, revision)
+        folder = model_folder(path_or_repo, subfolder=subfolder, revision=revision)
         dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
         if is_adapter_bundle(folder):
             model = load_reward_bundle(folder, base=base, dtype=dtype, trust_remote_code=trust_remote_code)
@@ -189,14 +189,3 @@ def score_rows(scorer, rows: list[tuple[list, list]], *, batch_size: int = 8) ->
 
 def _per_image(prompts: list, images: list) -> list:
     return list(prompts) * len(images) if len(prompts) == 1 else list(prompts)
-
-
-def _resolve_folder(path_or_repo, subfolder: str | None, revision: str | None) -> Path:
-    """A local folder as is; otherwise a Hub repo id, downloaded (or read from the offline cache) at `revision`."""
-    local = Path(path_or_repo) / (subfolder or "")
-    if local.is_dir():
-        return local
-    from huggingface_hub import snapshot_download
-
-    allow = [f"{subfolder}/*"] if subfolder else None
-    return Path(snapshot_download(str(path_or_repo), revision=revision, allow_patterns=allow)) / (subfolder or "")

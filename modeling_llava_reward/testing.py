@@ -31,8 +31,8 @@ from transformers import PreTrainedModel
 from transformers import PreTrainedTokenizerFast
 from transformers import ProcessorMixin
 
-from .families import get_family
 from . import processing_llava_reward
+from .families import get_family
 from .processing_llava_reward import without_video
 
 
@@ -190,9 +190,9 @@ def _qwen2_5_vl():
 
 
 def _qwen3_vl():
+    from transformers import Qwen2VLImageProcessorPil
     from transformers import Qwen3VLConfig
     from transformers import Qwen3VLProcessor
-    from transformers import Qwen2VLImageProcessorPil
 
     tokenizer = _qwen_tokenizer()
     text_sizes = dict(TEXT_SIZES, head_dim=8)

@@ -18,7 +18,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
 
 from llava_reward import LlavaRewardModel

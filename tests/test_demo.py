@@ -17,10 +17,10 @@ import pytest
 
 from llava_reward.cli import demo_workflow as default_model
 from llava_reward.cli import main
-from llava_reward.default_backbone import PARITY_TOLERANCE
-from llava_reward.default_backbone import check_dependencies
-from llava_reward.default_backbone import backbone_name
 from llava_reward.cli.demo_workflow import MODEL_NAME
+from llava_reward.default_backbone import PARITY_TOLERANCE
+from llava_reward.default_backbone import backbone_name
+from llava_reward.default_backbone import check_dependencies
 
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mjbench_quality"

@@ -13,10 +13,10 @@ import yaml
 from safetensors.torch import save_file
 from transformers import AutoModel
 
-from llava_reward.hub_cards.convert_original import PUBLISHED_LAYOUTS
-from llava_reward.hub_cards.convert_original import convert_original_checkpoint
 from llava_reward import LlavaRewardScorer
 from llava_reward.cli import main
+from llava_reward.hub_cards.convert_original import PUBLISHED_LAYOUTS
+from llava_reward.hub_cards.convert_original import convert_original_checkpoint
 from llava_reward.testing import save_tiny_vlm
 from llava_reward.testing import tiny_images
 from llava_reward.testing import tiny_vlm

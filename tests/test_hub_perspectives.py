@@ -10,10 +10,10 @@ import textwrap
 import pytest
 import torch
 
+from llava_reward import LlavaRewardScorer
 from llava_reward import load_perspectives
 from llava_reward.hub_cards.testing import put_in_hub_cache
 from llava_reward.testing import save_tiny_perspective
-from llava_reward import LlavaRewardScorer
 from llava_reward.testing import save_tiny_vlm
 from llava_reward.testing import tiny_images
 

@@ -10,10 +10,10 @@ import torch
 from huggingface_hub import CommitOperationAdd
 from huggingface_hub import CommitOperationDelete
 
+from llava_reward.cli import main
 from llava_reward.hub_cards.cards import REPO_CARD_MARKER
 from llava_reward.hub_cards.push import push_perspective
 from llava_reward.testing import save_tiny_perspective
-from llava_reward.cli import main
 from llava_reward.testing import save_tiny_vlm
 
 

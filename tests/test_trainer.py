@@ -9,12 +9,12 @@ from transformers import TrainerCallback
 from llava_reward import LlavaRewardModel
 from llava_reward import LlavaRewardScorer
 from llava_reward.bundle import unwrap
+from llava_reward.objectives import get_objective
 from llava_reward.testing import save_tiny_vlm
 from llava_reward.trainers import LlavaRewardTrainer
 from llava_reward.trainers import LlavaRewardTrainingConfig
 from llava_reward.trainers.data import load_preference_data
 from llava_reward.trainers.synthetic import write_colour_task
-from llava_reward.objectives import get_objective
 
 
 def softplus(x: float) -> float:  # -log sigmoid(-x)

@@ -79,6 +79,7 @@ class DataArguments:
     train_split: str = "train"
     eval_split: str = "test"
     on_bad_image: str = "raise"  # or "skip" (drop and count rows whose images cannot be read)
+    on_bad_row: str = "raise"  # or "skip" (drop, count and name malformed rows and rows naming missing images)
 
 
 @dataclass
@@ -184,6 +185,7 @@ def train(recipe: Recipe, resume: bool | str = False):
             image_root=data_args.image_root,
             split=data_args.train_split,
             on_bad_image=data_args.on_bad_image,
+            on_bad_row=data_args.on_bad_row,
         )
         eval_dataset = data_args.eval and load_preference_data(
             data_args.eval,
@@ -191,6 +193,7 @@ def train(recipe: Recipe, resume: bool | str = False):
             image_root=data_args.image_root,
             split=data_args.eval_split,
             on_bad_image=data_args.on_bad_image,
+            on_bad_row=data_args.on_bad_row,
         )
 
     # A local base is recorded as an absolute path: the saved bundle must find it from any working directory.

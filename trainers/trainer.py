@@ -184,6 +184,17 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
     return sum(p.numel() for p in parameters if p.requires_grad), sum(p.numel() for p in parameters)
 
 
+# The contract of `LlavaRewardTrainer` with TRL's `RewardTrainer` (tests/test_trainer_contract.py fails loudly when a
+# TRL release changes any of it). `RewardTrainer.__init__` is skipped: it loads a tokenizer, tokenizes text and sets a
+# pad token, none of which applies to images. Its other methods are either inherited as they are, reading the state
+# listed here (set at the end of our `__init__`, as RewardTrainer sets it), or overridden because they differ.
+REWARD_TRAINER_STATE = ("can_return_loss", "label_names", "maybe_activation_offload_context", "_metrics")
+# RewardTrainer state its inherited methods do not read: only its own `compute_loss` (overridden) does.
+REWARD_TRAINER_STATE_NOT_NEEDED = ("_total_train_tokens", "_tp_size")
+REWARD_TRAINER_INHERITED = ("evaluate", "training_step", "log", "_save_checkpoint")  # `log` extended via super()
+REWARD_TRAINER_OVERRIDDEN = ("__init__", "_prepare_dataset", "_set_signature_columns_if_needed", "compute_loss")
+
+
 class LlavaRewardTrainer(RewardTrainer):
     r"""
     Trains a [`LlavaRewardModel`] on image preference pairs (BT, GPM, CE) or labelled images (CE).
@@ -248,7 +259,8 @@ class LlavaRewardTrainer(RewardTrainer):
             }
         elif eval_dataset is not None:
             eval_dataset = self._prepare_dataset(eval_dataset, processing_class, args, "eval")
-        # RewardTrainer.__init__ is all about text models and tokenizers: skip to the Trainer below it.
+        # RewardTrainer.__init__ is all about text models and tokenizers: skip to the Trainer below it (see
+        # REWARD_TRAINER_STATE above for what is set in its place).
         super(RewardTrainer, self).__init__(
             model=model,
             args=args,
@@ -267,7 +279,7 @@ class LlavaRewardTrainer(RewardTrainer):
                 f"tuning={args.tuning!r} saves an adapter bundle from whole parameters, which FSDP and DeepSpeed "
                 "ZeRO-3 shard: use DDP or ZeRO-2 (configuration/accelerate/), or tuning='full'."
             )
-        # The state RewardTrainer's own methods (training_step, log, evaluate) read.
+        # REWARD_TRAINER_STATE: what RewardTrainer's inherited methods (training_step, log, evaluate) read.
         self.can_return_loss = True  # evaluation calls compute_loss although there are no labels
         self.label_names = []
         self.maybe_activation_offload_context = (

@@ -17,14 +17,14 @@ from PIL import Image
 from scipy import stats
 
 import llava_reward.evaluation as evaluation
+from llava_reward import LlavaRewardModel
+from llava_reward import LlavaRewardProcessor
+from llava_reward import LlavaRewardScorer
 from llava_reward.evaluation import BadRowsError
 from llava_reward.evaluation import Evaluation
 from llava_reward.evaluation import Protocol
 from llava_reward.evaluation.plots import reliability_bins
 from llava_reward.evaluation.report import render_report
-from llava_reward import LlavaRewardModel
-from llava_reward import LlavaRewardProcessor
-from llava_reward import LlavaRewardScorer
 from llava_reward.image_inputs import InputError
 from llava_reward.testing import tiny_images
 from llava_reward.testing import tiny_vlm
