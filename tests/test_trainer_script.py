@@ -138,7 +138,7 @@ def test_cli_reports_bad_input_in_one_line(workdir, tmp_path, monkeypatch, capsy
     assert cli_main(["train", "--config", TINY, "--data.train", str(tmp_path / "pairs.json")]) == 1
     error = capsys.readouterr().err
     assert error.startswith("llava-reward train: error:") and error.count("\n") == 1  # one line, no traceback
-    assert "pairs.json row 0, 'chosen': image file 'gone.png' not found" in error
+    assert "pairs.json row 0: 'chosen_path': image file 'gone.png' not found" in error
 
     assert cli_main(["train", "--config", TINY, "--output_dir", str(tmp_path / "new"), "--resume"]) == 1
     assert "--resume: no checkpoint to resume from" in capsys.readouterr().err
@@ -208,5 +208,8 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(workdir,
     assert weights[0].keys() == expected.keys() and any("lora_A" in name for name in expected)
     for name, value in expected.items():
         assert torch.equal(weights[0][name], weights[1][name]), name  # DDP keeps the replicas identical
-        torch.testing.assert_close(weights[0][name], value, atol=1e-5, rtol=1e-4, msg=name)
+        # Adam divides each gradient by its own running magnitude, which turns the last-bit differences of DDP's
+        # reduction order into weight differences up to ~2e-5 after 4 steps at lr 5e-3 (measured on two machines):
+        # 1 % of one step, far from any real divergence.
+        torch.testing.assert_close(weights[0][name], value, atol=5e-5, rtol=1e-4, msg=name)
     assert (tmp_path / "ddp" / "reward_head.safetensors").is_file()  # rank 0 saved the bundle

@@ -122,7 +122,7 @@ def evaluate_in_process(capsys, *arguments) -> tuple[int, str]:
 def test_bad_rows_stop_the_run_or_are_skipped(models, tifa, tmp_path, capsys):
     code, stderr = evaluate_in_process(capsys, "--model", models["bt"], "--benchmark", "tifa160", "--data", tifa, "--output", tmp_path / "stop")
     assert code == 1
-    assert stderr == f"llava-reward evaluate: error: row 2: {tifa} row 2, image: image file '2.png' not found (looked under {tifa.parent}). (--skip-bad skips bad rows)\n"
+    assert stderr == f"llava-reward evaluate: error: {tifa} row 2: 'image_path': image file '2.png' not found (looked under {tifa.parent}). (--skip-bad skips bad rows)\n"
     assert not (tmp_path / "stop").exists()
 
     code, stderr = evaluate_in_process(
