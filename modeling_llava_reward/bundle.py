@@ -1,12 +1,16 @@
-"""A trained perspective on disk: the folder `llava-reward train` writes and `LlavaRewardScorer` reads.
+"""A trained perspective on disk: the folder `llava-reward train` writes, and every loader reads.
 
-Two layouts, told apart by their files:
+Two layouts, told apart by their files, both loaded by `LlavaRewardModel.from_pretrained` (and so by
+`AutoModel.from_pretrained`, with or without `trust_remote_code`), `LlavaRewardScorer.from_pretrained` and
+`llava_reward.load`:
 
-* **adapter bundle** (LoRA or head-only training; what the Hub shares, one subfolder per perspective):
-  `config.json` (the `LlavaRewardConfig`, naming `base_model` and its revision), `reward_head.safetensors` (the
-  trained non-LoRA parameters: projector, SkipCA, value head), optionally `adapter_config.json` +
-  `adapter_model.safetensors` (the PEFT LoRA adapter on the language model), and the processor files.
-  The base VLM weights are not copied: they load from `base_model`.
+* **adapter perspective** (LoRA or head-only training; what the Hub shares, one subfolder per perspective):
+  `config.json` (the `LlavaRewardConfig`, naming `base_model` and its revision, with the `auto_map` and code files of
+  `trust_remote_code` loading), `reward_head.safetensors` (the trained non-LoRA parameters: projector, SkipCA, value
+  head), optionally `lora/` (the PEFT LoRA adapter on the language model; its `modules_to_save` carry a copy of the
+  head, so that PEFT's own `PeftModel.from_pretrained(model, folder, subfolder="lora")` restores the whole
+  perspective), the processor files, and `training_data.json` (what the model was trained on). The base VLM's weights
+  are not copied: they load from `base_model`.
 * **full model** (full fine-tuning): `LlavaRewardModel.save_pretrained` output (`model.safetensors` + code files).
 
 Example:
@@ -15,32 +19,31 @@ Example:
     'reward_head.safetensors'
 """
 
+import copy
+import json
 import os
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 from safetensors.torch import save_file
-from transformers import AutoModel
+from transformers.dynamic_module_utils import custom_object_save
 
-from .configuration import LlavaRewardConfig
+from .default_backbone import backbone_reference
+from .default_backbone import build_fingerprint
+from .default_backbone import is_default_backbone
+from .default_backbone import read_build_info
+from .modeling_llava_reward import ADAPTER_CONFIG
+from .modeling_llava_reward import ADAPTER_WEIGHTS
+from .modeling_llava_reward import LORA_FOLDER
+from .modeling_llava_reward import REWARD_HEAD_WEIGHTS
 from .modeling_llava_reward import LlavaRewardModel
 
 
-REWARD_HEAD_WEIGHTS = "reward_head.safetensors"
-ADAPTER_CONFIG = "adapter_config.json"
 METRICS_FILE = "metrics.json"  # evaluation results (`llava-reward evaluate`), shown in the model card
 CARD_FILE = "README.md"  # the model card
-
-
-def reward_head_state_dict(model: LlavaRewardModel) -> dict[str, torch.Tensor]:
-    """The parameters trained besides LoRA: the projector, SkipCA and the value head (names as in `model`)."""
-    projector = {f"vlm.{name}" for name in model.family.projector_parameters(model.vlm)}
-    return {
-        name: parameter.detach().contiguous()
-        for name, parameter in model.named_parameters()
-        if name in projector or name.startswith(("skip_cross_attention.", "value_head."))
-    }
+# PEFT's save_pretrained writes a blank model card of its own into the adapter folder: not ours to ship.
+PEFT_CARD = "README.md"
 
 
 def unwrap(model) -> LlavaRewardModel:
@@ -50,108 +53,64 @@ def unwrap(model) -> LlavaRewardModel:
 
 
 def save_reward_bundle(model, output_dir: str | os.PathLike, processor=None) -> Path:
-    """Write an adapter bundle for `model` (a `LlavaRewardModel`, possibly inside a `PeftModel`)."""
+    """Write an adapter perspective for `model` (a `LlavaRewardModel`, possibly inside a `PeftModel`)."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     reward_model = unwrap(model)
-    reward_model.config.save_pretrained(output_dir)
-    head = {name: tensor.cpu() for name, tensor in reward_head_state_dict(reward_model).items()}
+    config = copy.deepcopy(reward_model.config)
+    config.base_model, config.base_model_revision = portable_base_reference(
+        config.base_model, config.base_model_revision, output_dir
+    )
+    # The modeling code files and `auto_map`, so that AutoModel loads the folder (also with trust_remote_code).
+    custom_object_save(reward_model, output_dir, config=config)
+    config.save_pretrained(output_dir)
+    head = {name: tensor.cpu() for name, tensor in reward_model.reward_head_state_dict().items()}
     save_file(head, output_dir / REWARD_HEAD_WEIGHTS, metadata={"format": "pt"})
     if reward_model is not model and hasattr(model, "peft_config"):
-        model.save_pretrained(output_dir)  # adapter_config.json + adapter_model.safetensors (LoRA only)
+        save_lora(model, output_dir / LORA_FOLDER, head, head_modules(reward_model))
     if processor is not None:
         processor.save_pretrained(output_dir)
     return output_dir
 
 
+def portable_base_reference(base_model: str | None, revision: str | None, saved_in: str | os.PathLike):
+    """How a model saved in `saved_in` records its base so that it loads on another machine: the default backbone
+    by its stable name (and its build fingerprint as the revision), another local folder relative to `saved_in`
+    (`../base`), a Hub id as it is. Returns `(base_model, base_model_revision)`."""
+    if not base_model or not os.path.isdir(base_model):
+        return base_model, revision
+    info = read_build_info(Path(base_model))
+    if info is not None and is_default_backbone(Path(base_model), info.get("image_size")):
+        return backbone_reference(info["image_size"]), build_fingerprint(info)
+    relative = os.path.relpath(Path(base_model).resolve(), Path(saved_in).resolve())
+    return (relative if relative.startswith("..") else f"./{relative}"), None
+
+
+def save_lora(peft_model, folder: Path, head: dict[str, torch.Tensor], modules: list[str]) -> None:
+    """The PEFT adapter of `peft_model` in `folder`, with the head as `modules_to_save`: PEFT's own loaders then
+    restore the whole perspective, not the LoRA weights alone (which would give another reward)."""
+    peft_model.save_pretrained(folder)
+    (folder / PEFT_CARD).unlink(missing_ok=True)
+    weights = load_file(folder / ADAPTER_WEIGHTS)
+    weights.update({f"base_model.model.{name}": tensor for name, tensor in head.items()})
+    save_file(weights, folder / ADAPTER_WEIGHTS, metadata={"format": "pt"})
+    config = json.loads((folder / ADAPTER_CONFIG).read_text())
+    config["modules_to_save"] = modules
+    (folder / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def head_modules(model: LlavaRewardModel) -> list[str]:
+    """The module paths of the head (value head, SkipCA, projector): what PEFT's `modules_to_save` names."""
+    modules = ["value_head"] + (["skip_cross_attention"] if model.skip_cross_attention is not None else [])
+    for path in model.family.projector_modules:
+        module = model.vlm.get_submodule(path)
+        children = [f"{path}.{index}" for index in range(len(module))] if isinstance(module, torch.nn.ModuleList) else [path]
+        modules += [f"vlm.{child}" for child in children]
+    return modules
+
+
 def is_adapter_bundle(path: str | os.PathLike) -> bool:
     return (Path(path) / REWARD_HEAD_WEIGHTS).is_file()
-
-
-def load_reward_bundle(
-    path: str | os.PathLike,
-    *,
-    base=None,
-    revision: str | None = None,
-    dtype=None,
-    device_map=None,
-    merge_lora: bool = True,
-    trust_remote_code: bool = False,
-) -> LlavaRewardModel:
-    """Load an adapter bundle onto its base VLM (`base` overrides the recorded `base_model`: a path or instance).
-
-    With `merge_lora`, LoRA weights are merged into the base (fastest inference); otherwise the `PeftModel` is kept.
-    """
-    path = Path(path)
-    vlm = load_base_vlm(
-        path, base=base, revision=revision, dtype=dtype, device_map=device_map, trust_remote_code=trust_remote_code
-    )
-    model = reward_model_on(path, vlm)
-    if (path / ADAPTER_CONFIG).is_file():
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, path, is_trainable=False)
-        if merge_lora:
-            model = model.merge_and_unload()
-    return model
-
-
-def load_base_vlm(
-    path: str | os.PathLike,
-    *,
-    base=None,
-    revision: str | None = None,
-    dtype=None,
-    device_map=None,
-    trust_remote_code: bool = False,
-):
-    """The base VLM (its base model, no LM head) of the adapter bundle at `path`.
-
-    `base` (a path, Hub id or loaded model) overrides the recorded `base_model`; `revision` overrides the recorded
-    `base_model_revision`.
-    """
-    config = LlavaRewardConfig.from_pretrained(path)
-    if base is None or isinstance(base, (str, os.PathLike)):
-        source = base or config.base_model
-        if not source:
-            raise ValueError(f"{Path(path) / 'config.json'} names no `base_model`; pass `base=` (a path or Hub id).")
-        base = AutoModel.from_pretrained(
-            source,
-            revision=revision or (config.base_model_revision if base is None else None),
-            dtype=dtype,
-            device_map=device_map,
-            trust_remote_code=trust_remote_code,
-        )
-    return base.base_model
-
-
-def reward_model_on(path: str | os.PathLike, vlm) -> LlavaRewardModel:
-    """The reward model of the adapter bundle at `path` on `vlm` (used in place), with its head and projector loaded.
-
-    LoRA is not applied: see `load_reward_bundle`.
-    """
-    model = LlavaRewardModel(LlavaRewardConfig.from_pretrained(path), vlm=vlm)
-    model.place_head_with_decoder()
-    load_reward_head(model, Path(path) / REWARD_HEAD_WEIGHTS)
-    return model
-
-
-def load_reward_head(model: LlavaRewardModel, weights_file: str | os.PathLike) -> None:
-    """Copy the projector, SkipCA and value-head weights of `weights_file` (a `reward_head.safetensors`) into `model`.
-
-    Raises a `ValueError` naming the file when its tensors are not exactly the ones `model` trains.
-    """
-    saved = load_file(weights_file)
-    expected = reward_head_state_dict(model)
-    missing, unexpected = expected.keys() - saved.keys(), saved.keys() - expected.keys()
-    if missing or unexpected:
-        raise ValueError(
-            f"{weights_file} does not match the model: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}."
-        )
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if name in saved:
-                parameter.copy_(saved[name].to(parameter.dtype))
 
 
 def model_folder(path_or_repo: str | os.PathLike, *, subfolder: str | None = None, revision: str | None = None) -> Path:
@@ -162,5 +121,18 @@ def model_folder(path_or_repo: str | os.PathLike, *, subfolder: str | None = Non
         return local
     from huggingface_hub import snapshot_download
 
-    allow = [f"{subfolder}/*"] if subfolder else None
+    allow = [f"{subfolder}/*", f"{subfolder}/{LORA_FOLDER}/*"] if subfolder else None
     return Path(snapshot_download(str(path_or_repo), revision=revision, allow_patterns=allow)) / (subfolder or "")
+
+
+__all__ = [
+    "CARD_FILE",
+    "METRICS_FILE",
+    "REWARD_HEAD_WEIGHTS",
+    "head_modules",
+    "portable_base_reference",
+    "is_adapter_bundle",
+    "model_folder",
+    "save_reward_bundle",
+    "unwrap",
+]

@@ -97,8 +97,9 @@ FAMILIES: dict[str, VlmFamily] = {
             name="llava_next",
             model_types=("llava_next",),
             language_model="language_model",
-            # `image_newline` is the learned row separator inserted between projected anyres rows.
-            projector_modules=("multi_modal_projector", "image_newline"),
+            # As in the published checkpoints: the projector's two linear layers (the learned anyres row separator
+            # `image_newline` stays as pretrained; llava-reward 0.1 trained it too, and its bundles still load).
+            projector_modules=("multi_modal_projector",),
             vision_modules=("vision_tower",),
             prompt_template="USER: {image}\n{prompt}{eos}",
         ),

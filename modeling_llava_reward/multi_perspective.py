@@ -25,15 +25,17 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from transformers import PreTrainedModel
 
-from .bundle import ADAPTER_CONFIG
 from .bundle import is_adapter_bundle
-from .bundle import load_base_vlm
 from .bundle import model_folder
-from .bundle import reward_model_on
 from .configuration import LlavaRewardConfig
+from .modeling_llava_reward import REWARD_HEAD_WEIGHTS
 from .modeling_llava_reward import LlavaRewardModel
 from .modeling_llava_reward import LlavaRewardOutput
+from .modeling_llava_reward import apply_lora
+from .modeling_llava_reward import load_base_vlm
+from .modeling_llava_reward import lora_folder
 from .processing_llava_reward import LlavaRewardProcessor
 from .scoring import LlavaRewardScorer
 
@@ -253,16 +255,18 @@ def load_perspectives(
             )
     configs = {name: LlavaRewardConfig.from_pretrained(folder) for name, folder in folders.items()}
     _check_shareable(configs, base_given=base is not None)
-    vlm = load_base_vlm(
-        next(iter(folders.values())),
-        base=base,
-        dtype=dtype,
-        device_map=device_map,
-        trust_remote_code=trust_remote_code,
-    )
+    first = next(iter(folders))
+    if not isinstance(base, PreTrainedModel):
+        base = load_base_vlm(
+            configs[first], folders[first], base, dtype=dtype, device_map=device_map, trust_remote_code=trust_remote_code
+        )
+    vlm = base.base_model
     models, projectors = {}, {}
     for name, folder in folders.items():
-        models[name] = reward_model_on(folder, vlm).eval()  # writes its projector into the shared `vlm`: keep a copy
+        models[name] = LlavaRewardModel(configs[name], vlm=vlm)
+        models[name].place_head_with_decoder()
+        models[name].load_reward_head(folder / REWARD_HEAD_WEIGHTS)  # writes its projector into the shared `vlm`
+        models[name].eval()
         projectors[name] = {
             f"vlm.{key}": parameter.detach().clone()
             for key, parameter in models[name].family.projector_parameters(vlm).items()
@@ -270,19 +274,11 @@ def load_perspectives(
     # Adapters go in last: building a reward model (`post_init`) would re-initialise LoRA layers already injected.
     lora = None
     for name, folder in folders.items():
-        if (folder / ADAPTER_CONFIG).is_file():
-            lora = _load_adapter(lora, models[name], folder, name)
+        adapter = lora_folder(folder)
+        if adapter is not None:
+            lora = apply_lora(lora if lora is not None else models[name], adapter, adapter_name=name)
     processor = _shared_processor(folders)
     return MultiPerspectiveScorer(models, processor, projectors=projectors, lora=lora, progress=progress)
-
-
-def _load_adapter(lora, model: LlavaRewardModel, folder: Path, name: str):
-    from peft import PeftModel
-
-    if lora is None:
-        return PeftModel.from_pretrained(model, folder, adapter_name=name, is_trainable=False).eval()
-    lora.load_adapter(folder, adapter_name=name, is_trainable=False)
-    return lora
 
 
 def _check_shareable(configs: dict[str, LlavaRewardConfig], *, base_given: bool):

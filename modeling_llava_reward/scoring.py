@@ -16,7 +16,6 @@ import torch
 from tqdm.auto import tqdm
 
 from .bundle import is_adapter_bundle
-from .bundle import load_reward_bundle
 from .bundle import model_folder
 from .image_inputs import InputError
 from .image_inputs import as_image_list
@@ -25,6 +24,7 @@ from .modeling_llava_reward import LlavaRewardModel
 from .objectives import Objective
 from .objectives import get_objective
 from .processing_llava_reward import LlavaRewardProcessor
+from .provenance import read_training_data
 
 
 class LlavaRewardScorer:
@@ -52,6 +52,8 @@ class LlavaRewardScorer:
         self.model = model.to(device=device, dtype=dtype).eval() if (device or dtype) else model.eval()
         self.processor = processor
         self.progress = progress
+        # The fingerprints of the images the model was trained on, when it records them (`llava_reward.provenance`).
+        self.training_images: frozenset[str] | None = None
 
     @classmethod
     def from_pretrained(
@@ -66,18 +68,17 @@ class LlavaRewardScorer:
         progress: bool | None = None,
         trust_remote_code: bool = False,
     ) -> "LlavaRewardScorer":
-        """Load a saved reward model (full model or adapter bundle) from a folder or a Hub repo (+ subfolder).
+        """Load a saved reward model (full model or adapter perspective) from a folder or a Hub repo (+ subfolder).
 
-        `base` overrides the base VLM an adapter bundle names (a local path, Hub id or loaded model).
+        `base` overrides the base VLM an adapter perspective names (a local path, Hub id or loaded model).
         """
         folder = model_folder(path_or_repo, subfolder=subfolder, revision=revision)
         dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
-        if is_adapter_bundle(folder):
-            model = load_reward_bundle(folder, base=base, dtype=dtype, trust_remote_code=trust_remote_code)
-        else:
-            model = LlavaRewardModel.from_pretrained(folder, dtype=dtype)
-        processor = LlavaRewardProcessor.from_pretrained(folder)
-        return cls(model, processor, device=device, progress=progress)
+        options = {"base_model": base} if is_adapter_bundle(folder) else {}
+        model = LlavaRewardModel.from_pretrained(folder, dtype=dtype, trust_remote_code=trust_remote_code, **options)
+        scorer = cls(model, LlavaRewardProcessor.from_pretrained(folder), device=device, progress=progress)
+        scorer.training_images = read_training_data(folder)
+        return scorer
 
     @property
     def objective(self) -> str:

@@ -16,7 +16,7 @@ from llava_reward.testing import tiny_vlm
 REMOTE_LOAD = textwrap.dedent(
     """
     import importlib.abc, json, sys
-    BLOCKED = ("modeling_llava_reward", "configuration", "trainers", "evaluation", "hub_cards")
+    BLOCKED = ("llava_reward", "modeling_llava_reward", "configuration", "trainers", "evaluation", "hub_cards")
 
     class BlockThisPackage(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path=None, target=None):

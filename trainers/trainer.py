@@ -27,9 +27,10 @@ from trl.trainer.utils import disable_dropout_in_model
 from llava_reward import LlavaRewardModel
 from llava_reward import LlavaRewardProcessor
 from llava_reward.bundle import REWARD_HEAD_WEIGHTS
-from llava_reward.bundle import load_reward_head
 from llava_reward.bundle import save_reward_bundle
 from llava_reward.bundle import unwrap
+from llava_reward.modeling_llava_reward import ADAPTER_WEIGHTS
+from llava_reward.modeling_llava_reward import lora_folder
 from llava_reward.objectives import Objective
 from llava_reward.objectives import get_objective
 from llava_reward.objectives import names_with
@@ -369,12 +370,13 @@ class LlavaRewardTrainer(RewardTrainer):
         if not head_file.is_file():  # a full fine-tuning checkpoint
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
         model = model or self.model
-        adapter_file = Path(resume_from_checkpoint) / "adapter_model.safetensors"
-        if adapter_file.is_file():
+        lora = lora_folder(resume_from_checkpoint)
+        if lora is not None:
             from peft import set_peft_model_state_dict
 
-            set_peft_model_state_dict(model, load_file(adapter_file))
-        load_reward_head(unwrap(model), head_file)
+            weights = load_file(lora / ADAPTER_WEIGHTS)
+            set_peft_model_state_dict(model, {name: value for name, value in weights.items() if "lora_" in name})
+        unwrap(model).load_reward_head(head_file)
 
     def _load_best_model(self) -> None:
         if self.args.tuning == "full":
