@@ -9,6 +9,7 @@ Example:
 """
 
 import argparse
+from pathlib import Path
 
 from .options import image_size
 from .options import positive_int
@@ -38,6 +39,11 @@ def register(subparsers) -> None:
     parser.add_argument("--max-steps", type=positive_int, metavar="N", help="a quick check: N training steps per model")
     parser.add_argument("--limit", type=positive_int, metavar="N", help="a quick check: the first N pairs per subset")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or step messages")
+    parser.add_argument(
+        "--export",
+        metavar="DIR",
+        help="also copy the trained model's shippable files to DIR (maintainers: modeling_llava_reward/default_model)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -47,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
 
     from .demo_workflow import IMAGE_SIZE
     from .demo_workflow import DefaultModelError
+    from .demo_workflow import export_default_model
     from .demo_workflow import format_report
     from .demo_workflow import run_demo
     from .errors import UserInputError
@@ -63,4 +70,6 @@ def run(args: argparse.Namespace) -> int:
     except (MissingBackboneDependency, DefaultModelError, BackboneParityError, FileExistsError) as error:
         raise UserInputError(str(error)) from None
     print(format_report(result))
+    if args.export:
+        print(f"exported the default model to {export_default_model(result.model_dir, Path(args.export))}")
     return 0

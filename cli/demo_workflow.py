@@ -43,6 +43,7 @@ from llava_reward.files import publish
 from llava_reward.files import reporter
 from llava_reward.files import staging_dir
 from llava_reward.files import write_json
+from llava_reward.hub_cards.cards import CARD_NOTES_FILE
 
 
 MODEL_NAME = "fidelity-default"
@@ -53,6 +54,7 @@ DATA_FLAG = "--data"
 DATA_SEARCH = ("../shared/data/mjbench_quality", "shared/data/mjbench_quality")
 REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
 FINGERPRINT_FILE = "fingerprint.json"
+DEMO_FILE = "demo.json"  # how the demo made the model: settings, held-out results, timings (metrics.json: the results)
 DEFAULT_MODEL_NOTE = """
 ## About this default model
 
@@ -318,7 +320,7 @@ def run_demo(
         say(f"reusing the default model in {model_dir} (made from the same recipe, backbone and data)")
     else:
         _make_default_model(prepared, backbone, model_dir, settings, fingerprint, overrides, progress, say)
-    metrics = json.loads((model_dir / METRICS_FILE).read_text())
+    metrics = json.loads((model_dir / DEMO_FILE).read_text())
     say("scoring example pairs with the default model")
     examples = score_examples(model_dir, prepared)
     return DemoResult(model_dir, metrics, examples, reused, time.perf_counter() - start)
@@ -332,7 +334,7 @@ def _make_default_model(prepared, backbone, model_dir, settings, fingerprint, ov
         say(f"training the default model on all {sum(prepared.num_pairs.values())} pairs")
         training = train_reward_model(backbone, prepared.training_file(prepared.subsets), staging, overrides=overrides,
                                       progress=progress)
-        metrics = {
+        record = {
             "model": MODEL_NAME,
             "fingerprint": fingerprint,
             "protocol": "cross-subset: each subset scored by a model trained on the other subsets only",
@@ -343,8 +345,10 @@ def _make_default_model(prepared, backbone, model_dir, settings, fingerprint, ov
             "recipe": _recipe_settings(),
             "data": str(prepared.root),
         }
-        write_json(staging / METRICS_FILE, metrics)
-        write_card(staging, metrics)
+        write_json(staging / DEMO_FILE, record)
+        write_json(staging / METRICS_FILE, held_out_runs(record))
+        (staging / CARD_NOTES_FILE).write_text(DEFAULT_MODEL_NOTE.strip() + "\n", encoding="utf-8")
+        write_card(staging, record)
         write_json(staging / FINGERPRINT_FILE, {"fingerprint": fingerprint})  # last: the folder is complete
         publish(staging, model_dir)
     finally:
@@ -365,12 +369,20 @@ def score_examples(model_dir: Path, prepared: PreparedData, per_subset: int = EX
     return examples
 
 
-def find_default_model() -> Path:
-    """The folder of the default model; `DefaultModelError` giving the one command that creates it when absent."""
-    model_dir = default_model_dir()
-    if not (model_dir / FINGERPRINT_FILE).is_file():
-        raise DefaultModelError(f"no default model in {model_dir}: create it with `llava-reward demo`.")
-    return model_dir
+def export_default_model(model_dir: Path, target: Path) -> Path:
+    """Copy the trained part of the default model in `model_dir` (what `llava_reward.load("default")` reads: configs,
+    weights, processor, card, metrics; no checkpoints or demo records) to `target`, replacing it atomically."""
+    from llava_reward.hub_cards.push import files_that_belong
+
+    staging = staging_dir(target)
+    try:
+        for name in files_that_belong(model_dir):
+            (staging / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(model_dir / name, staging / name)
+        publish(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
 
 
 # ---- the report and the card --------------------------------------------------------------------------------------
@@ -394,9 +406,8 @@ def format_report(result: DemoResult) -> str:
             f"{_with_interval(held, 'accuracy_without_ties'):<22}"
             + "".join(f"{_number(baselines[name].get(subset)):>13}" for name in baselines)
         )
+    lines += ["  (published baselines: accuracy with ties, MJ-Bench, arXiv 2407.04842)", *_shipped_lines(), ""]
     lines += [
-        "  (published baselines: accuracy with ties, MJ-Bench, arXiv 2407.04842)",
-        "",
         f"Default model, trained on all {sum(metrics['trained_on'].values())} pairs "
         f"({_minutes(metrics['training_seconds']['wall'])} of training): {result.model_dir}",
         "Example pairs (original vs edited copy; these pairs are in the default model's training data):",
@@ -413,20 +424,47 @@ def format_report(result: DemoResult) -> str:
     return "\n".join(lines)
 
 
-def write_card(model_dir: Path, metrics: dict) -> None:
-    """The default model's card (README.md): `hub_cards`' perspective card with the held-out results as metrics."""
+def _shipped_lines() -> list[str]:
+    """The held-out accuracy of the default model shipped in the package (`llava_reward.load("default")`), which this
+    run retrained from the data."""
+    from llava_reward.loading import DEFAULT_MODEL_DIR
+
+    if not (DEFAULT_MODEL_DIR / METRICS_FILE).is_file():
+        return ["  (this installation ships no default model to compare with)"]
+    runs = json.loads((DEFAULT_MODEL_DIR / METRICS_FILE).read_text())
+    return ["  the shipped default model (llava_reward.load('default')), same protocol:"] + [
+        f"  {run['dataset_name']:<16}{run['results']['overall']['num_pairs']:>6}  "
+        f"{_with_interval(run['results']['overall'], 'accuracy_with_ties'):<22}"
+        f"{_with_interval(run['results']['overall'], 'accuracy_without_ties'):<22}"
+        for run in runs
+    ]
+
+
+def held_out_runs(record: dict) -> list[dict]:
+    """The model's metrics.json: one `llava-reward evaluate`-style run per held-out subset (what cards and the Hub's
+    model-index read)."""
+    return [
+        {
+            "benchmark": "mjbench",
+            "dataset_name": subset,
+            "held_out": True,
+            "protocol": record["protocol"],
+            "trained_on": held["trained_on"],
+            "results": {"overall": {key: value for key, value in held.items() if key.startswith(("accuracy", "num"))}},
+        }
+        for subset, held in record["held_out"].items()
+    ]
+
+
+def write_card(model_dir: Path, record: dict) -> None:
+    """The default model's card (README.md): `hub_cards`' perspective card, its held-out results in the model-index,
+    its caveats (`card_notes.md`) appended."""
     from llava_reward.hub_cards.cards import render_perspective_card
 
-    held_out = [
-        {"benchmark": "mjbench", "dataset_name": f"{subset} (held out)",
-         "results": {"overall": {key: value for key, value in held.items() if key.startswith(("accuracy", "num"))}}}
-        for subset, held in metrics["held_out"].items()
-    ]
     card = render_perspective_card(
-        model_dir, repo_id=str(model_dir.parent), subfolder=MODEL_NAME, metrics=held_out, recipe=_recipe_settings(),
-        license="apache-2.0",
+        model_dir, repo_id="default", subfolder="", recipe=_recipe_settings(), license="apache-2.0",
+        datasets=["MJ-Bench/MJ-Bench"],
     )
-    card.text += DEFAULT_MODEL_NOTE
     card.save(model_dir / CARD_FILE)
 
 

@@ -123,6 +123,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 def _summarize(metrics: dict, output: str) -> None:
     """The headline numbers and where the outputs are, on stderr (stdout stays free for pipes)."""
+    from llava_reward.evaluation.report import contamination_warning
+
     overall = metrics["results"]["overall"]
     headline = {
         "pairs": ("accuracy_with_ties", "accuracy_without_ties"),
@@ -131,6 +133,9 @@ def _summarize(metrics: dict, output: str) -> None:
     }[metrics["kind"]]
     numbers = ", ".join(f"{name} {overall[name]:.4f}" if overall[name] is not None else f"{name} n/a" for name in headline)
     command = "llava-reward evaluate"
+    warning = contamination_warning(metrics)
+    if warning:
+        print(f"{command}: warning: {warning.replace('**', '')}", file=sys.stderr)
     for bad in metrics["skipped_rows"]:
         print(f"{command}: skipped row {bad['id']}: {bad['problem']}", file=sys.stderr)
     print(f"{command}: {metrics['benchmark']}, {metrics['num_rows']} rows: {numbers}", file=sys.stderr)

@@ -8,6 +8,7 @@ Example:
 """
 
 import argparse
+import sys
 
 from .errors import UserInputError
 
@@ -34,32 +35,45 @@ def image_size(text: str) -> int:
 
 
 def load_scorer(args: argparse.Namespace):
-    """The scorer of `--model` (and `--subfolder`, `--device`, `--dtype`); `UserInputError` when it cannot load."""
-    import torch
+    """The scorer of `--model` (and `--subfolder`, `--device`, `--dtype`), announced on stderr with what it is;
+    `UserInputError` when it cannot load. Without `--model`: the embedded default model (`llava_reward.load`)."""
     from huggingface_hub.errors import HFValidationError
 
-    from llava_reward import LlavaRewardScorer
+    import llava_reward
 
+    device = checked_device(args.device)
+    name = args.model if args.model is not None else "default"
     try:
-        device = torch.device(args.device) if args.device else None
-    except RuntimeError as error:
-        raise UserInputError(f"--device {args.device}: {error}") from None
-    if args.model is None:  # the default model (score and compare only: evaluate requires --model)
-        from llava_reward.cli.demo_workflow import DefaultModelError
-        from llava_reward.cli.demo_workflow import find_default_model
-
-        try:
-            args.model = str(find_default_model())
-        except DefaultModelError as error:
-            raise UserInputError(f"no --model given and {error}") from None
-    try:
-        return LlavaRewardScorer.from_pretrained(
-            args.model, subfolder=args.subfolder, device=device, dtype=args.dtype, progress=progress_option(args)
+        scorer = llava_reward.load(
+            name, perspective=args.subfolder, device=device, dtype=args.dtype, progress=progress_option(args)
         )
     except HFValidationError:
-        raise UserInputError(f"--model {args.model}: no such folder (nor a valid Hub repo id).") from None
-    except OSError as error:  # not a model folder, or a Hub repo that is neither reachable nor in the offline cache
-        raise UserInputError(f"--model {args.model}: cannot load a LLaVA-Reward model: {error}") from None
+        raise UserInputError(f"--model {name}: no such folder (nor a valid Hub repo id).") from None
+    except (OSError, ValueError) as error:  # not a model folder, a base that is not here, an unreachable Hub repo
+        raise UserInputError(f"--model {name}: cannot load a LLaVA-Reward model: {error}") from None
+    config = scorer.model.config
+    print(
+        f"llava-reward {args.command}: model {name}" + (f" ({args.subfolder})" if args.subfolder else "")
+        + f": {config.perspective} perspective, objective {config.objective}, base {config.base_model}, on "
+        f"{scorer.device}",
+        file=sys.stderr,
+    )
+    return scorer
+
+
+def checked_device(name: str | None):
+    """`--device NAME` as a `torch.device` this build can use; `UserInputError` (one line) when it cannot."""
+    import torch
+
+    if name is None:
+        return None
+    try:
+        device = torch.device(name)
+        torch.empty(1, device=device)
+    except (RuntimeError, AssertionError, ValueError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserInputError(f"--device {name}: not available here ({reason}).") from None
+    return device
 
 
 def progress_option(args: argparse.Namespace) -> bool | None:

@@ -36,7 +36,33 @@ def run(args) -> int:
 
     try:
         recipe = load_recipe(args.config, parse_overrides(args.overrides))
-        train(recipe, resume=args.resume)
+        trainer = train(recipe, resume=args.resume)
     except (RecipeError, InputError) as error:
         raise UserInputError(str(error)) from None
+    if trainer.is_world_process_zero():
+        write_card(recipe)
     return 0
+
+
+def write_card(recipe) -> None:
+    """The trained perspective's model card (README.md), rendered from its files and the recipe."""
+    import dataclasses
+
+    from llava_reward.bundle import CARD_FILE
+    from llava_reward.hub_cards.cards import is_dataset_id
+    from llava_reward.hub_cards.cards import render_perspective_card
+
+    output_dir = recipe.training.output_dir
+    sections = {"model": dataclasses.asdict(recipe.model), "data": dataclasses.asdict(recipe.data)}
+    sections["training"] = {key: getattr(recipe.training, key) for key in TRAINING_SETTINGS}
+    datasets = [source for source in (recipe.data.train,) if is_dataset_id(str(source))]
+    card = render_perspective_card(output_dir, repo_id=output_dir, subfolder="", recipe=sections, datasets=datasets)
+    card.save(f"{output_dir}/{CARD_FILE}")
+
+
+# The training settings a card shows (the rest of TrainingArguments are defaults or about logging).
+TRAINING_SETTINGS = (
+    "objective", "tau", "margin_scale", "tuning", "train_projector", "lora_r", "lora_alpha", "lora_dropout",
+    "learning_rate", "lr_scheduler_type", "warmup_steps", "num_train_epochs", "max_steps",
+    "per_device_train_batch_size", "gradient_accumulation_steps", "bf16", "seed",
+)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 
 FOLDERS = {kind: Path(__file__).parent / kind for kind in ("recipes", "accelerate")}
+LABELS = {"recipes": "recipe", "accelerate": "accelerate config"}
 
 
 def names(kind: str) -> list[str]:
@@ -40,8 +41,7 @@ def named_file(kind: str, name_or_path: str | os.PathLike) -> Path:
     if path.parent == Path(".") and shipped.is_file():
         return shipped
     raise FileNotFoundError(
-        f"{name_or_path}: no such file, nor a shipped {kind[:-1] if kind.endswith('s') else kind} name "
-        f"({', '.join(names(kind))})."
+        f"{name_or_path}: no such file, nor the name of a shipped {LABELS[kind]} ({', '.join(names(kind))})."
     )
 
 

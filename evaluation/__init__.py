@@ -1,7 +1,8 @@
 """Evaluation of LLaVA-Reward models on published benchmarks.
 
 - `evaluation/metrics/<name>/`: `evaluate` metric modules (pairwise accuracy w/ and w/o ties, tie-calibrated pairwise
-  accuracy, rank correlations, binary classification), loadable with `evaluate.load(<folder>)`;
+  accuracy, rank correlations, binary classification), loadable with `evaluate.load(metric_path(name))` from any
+  directory;
 - `evaluation/references/*.json`: published numbers that reports print our results beside;
 - `Evaluation`: read a benchmark (MJ-Bench, TIFA160, published unpaired or pairwise JSON), score it resumably, and
   write metrics.json, report.md, scores.jsonl and PNG plots (`llava-reward evaluate` on the command line).
@@ -23,6 +24,7 @@ from .runner import METRICS_DIR
 from .runner import Evaluation
 from .runner import Protocol
 from .runner import load_metric
+from .runner import metric_path
 
 
-__all__ = ["BENCHMARKS", "METRICS_DIR", "BadRowsError", "Evaluation", "Protocol", "load_metric", "load_references", "read_benchmark"]
+__all__ = ["BENCHMARKS", "METRICS_DIR", "BadRowsError", "Evaluation", "Protocol", "load_metric", "load_references", "metric_path", "read_benchmark"]

@@ -52,6 +52,7 @@ def render_report(metrics: dict) -> str:
     """The Markdown report of a finished evaluation (the `metrics.json` dict)."""
     sections = [
         f"# LLaVA-Reward evaluation: {metrics['benchmark']}",
+        contamination_warning(metrics),
         _run_summary(metrics),
         "## Our results",
         _RESULT_TABLES[metrics["kind"]](metrics["results"], metrics["dataset_name"]),
@@ -60,6 +61,18 @@ def render_report(metrics: dict) -> str:
         _plots_section(metrics["plots"], metrics["calibration"]),
     ]
     return "\n\n".join(section for section in sections if section) + "\n"
+
+
+def contamination_warning(metrics: dict) -> str:
+    """A warning when the model was trained on some of the benchmark's images ("" otherwise)."""
+    overlap = metrics.get("training_overlap")
+    if not overlap or not overlap["rows"]:
+        return ""
+    return (
+        f"**Not held out:** the model was trained on images of {overlap['rows']} of these {overlap['of_rows']} rows "
+        f"({overlap['images']} images, by the fingerprints it records): these numbers measure fit to the training "
+        "data, not generalisation."
+    )
 
 
 def _run_summary(metrics: dict) -> str:
@@ -78,6 +91,7 @@ def _run_summary(metrics: dict) -> str:
             f"- data: `{metrics['data']}`" + (f", images under `{metrics['image_root']}`" if metrics["image_root"] else ""),
             f"- rows: {rows}",
             f"- protocol: {protocol}",
+            f"- held out: {_held_out(metrics)}",
             f"- llava-reward {metrics['package_version']}",
         ]
     )
@@ -170,6 +184,12 @@ def matching_references(metrics: dict) -> list[tuple[str, dict, float | None]]:
             label = row["subset"] or "overall"
             matches.append((label, row, ours[metric]))
     return matches
+
+
+def _held_out(metrics: dict) -> str:
+    if metrics.get("held_out") is None:
+        return "unknown (the model records no training data)"
+    return "yes (no image of these rows is in the model's training data)" if metrics["held_out"] else "NO"
 
 
 def _references_section(metrics: dict) -> str:

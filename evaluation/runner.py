@@ -32,6 +32,7 @@ from llava_reward.files import write_json
 from llava_reward.image_inputs import InputError
 from llava_reward.objectives import get_objective
 from llava_reward.objectives import names_with
+from llava_reward.provenance import image_fingerprint
 from llava_reward.scoring import score_rows
 
 from . import plots
@@ -48,12 +49,23 @@ HISTOGRAM_FILE, RELIABILITY_FILE = "reward_histogram.png", "reliability.png"
 
 
 @functools.cache
+def metric_path(name: str) -> str:
+    """The folder of the `evaluate` metric module `name` in this installation, for `evaluate.load(metric_path(name))`
+    from any directory. Names: `pairwise_accuracy`, `tie_calibrated_accuracy`, `rank_correlation`,
+    `binary_classification`."""
+    path = METRICS_DIR / name
+    if not (path / f"{name}.py").is_file():
+        known = sorted(folder.name for folder in METRICS_DIR.iterdir() if (folder / f"{folder.name}.py").is_file())
+        raise ValueError(f"No metric module {name!r}; the package ships {', '.join(known)}.")
+    return str(path)
+
+
 def load_metric(name: str, config_name: str | None = None):
     """The `evaluate` metric module `evaluation/metrics/<name>`, loaded by path (no network)."""
     import evaluate
 
     # In memory: nothing to cache on disk for a single compute, and no lock file left behind if it raises.
-    return evaluate.load(str(METRICS_DIR / name), config_name, keep_in_memory=True)
+    return evaluate.load(metric_path(name), config_name, keep_in_memory=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,9 +164,13 @@ class Evaluation:
         records = [store.records[item.id] for item in scored]
         results = task.results(scored, records)
         calibration, plot_files = task.plots(scored, records, self.output_dir)
+        overlap = training_overlap(scored, getattr(scorer, "training_images", None))
         metrics = {
             **header,
             "status": "complete",
+            # False when the model was trained on some of these images: the numbers are not held-out ones.
+            "held_out": None if overlap is None else overlap["rows"] == 0,
+            "training_overlap": overlap,
             "num_rows": len(scored),
             "num_rows_read": self.rows.num_rows,
             "human_ties": self.rows.human_ties,
@@ -224,6 +240,16 @@ class Evaluation:
         if not self.skip_bad:
             raise BadRowsError([bad], self.rows.source)
         self.skipped.append(bad)
+
+
+def training_overlap(items: list, training_images: frozenset[str] | None) -> dict | None:
+    """How many rows (and images) of `items` the model was trained on, from the fingerprints it recorded
+    (`llava_reward.provenance`); None when the model records none."""
+    if training_images is None:
+        return None
+    seen = [{fingerprint for fingerprint in map(image_fingerprint, item.images) if fingerprint in training_images}
+            for item in items]
+    return {"rows": sum(map(bool, seen)), "images": len(set().union(*seen)), "of_rows": len(items)}
 
 
 class ScoreFile:

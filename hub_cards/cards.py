@@ -16,24 +16,43 @@ import os
 from pathlib import Path
 
 import yaml
+from huggingface_hub import EvalResult
 from huggingface_hub import ModelCard
 from huggingface_hub import ModelCardData
 from huggingface_hub.utils import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
-from llava_reward.bundle import ADAPTER_CONFIG
 from llava_reward.bundle import METRICS_FILE
 from llava_reward.bundle import is_adapter_bundle
 from llava_reward.configuration import LlavaRewardConfig
 from llava_reward.families import get_family
+from llava_reward.modeling_llava_reward import ADAPTER_CONFIG
+from llava_reward.modeling_llava_reward import DEFAULT_BACKBONE_PREFIX
+from llava_reward.modeling_llava_reward import lora_folder
 from llava_reward.objectives import get_objective
+from llava_reward.provenance import TRAINING_DATA_FILE
 
 
 TEMPLATES = Path(__file__).parent / "templates"
 CONVERSION_FILE = "conversion.json"
+# What a card must say about this particular model (e.g. the default model's caveats): appended to the rendered card
+# on every render, so that it survives `push`.
+CARD_NOTES_FILE = "card_notes.md"
+LIBRARY_NAME = "llava-reward"
+# The Hub has no reward-model task; scoring (image, text) pairs is closest to zero-shot image classification (which
+# CLIP-style preference models such as PickScore also use). The transformers pipeline task is TASK_TAG.
+PIPELINE_TAG = "zero-shot-image-classification"
+TASK_TAG = "text-to-image-reward"
+# Benchmark -> (dataset id for the model-index, readable name, the metrics worth a model-index entry).
+BENCHMARK_DATASETS = {
+    "mjbench": ("MJ-Bench/MJ-Bench", "MJ-Bench", ("accuracy_with_ties", "accuracy_without_ties")),
+    "pairwise": ("pairwise", "pairwise preferences", ("accuracy_with_ties", "accuracy_without_ties")),
+    "tifa160": ("tifa160", "TIFA160", ("pearson", "kendall_tau_b", "tie_calibrated_accuracy")),
+    "unpaired": ("unpaired", "labelled images", ("accuracy", "f1", "auroc")),
+}
 # The first line of a repository card `push` may regenerate; a card without it is the user's and is left alone.
 REPO_CARD_MARKER = "<!-- llava-reward:repo-card -->"
-TAGS = ["llava-reward", "reward-model", "text-to-image"]
+TAGS = ["llava-reward", "reward-model", TASK_TAG, "text-to-image"]
 
 PERSPECTIVES = {
     "alignment": "how faithfully the image follows the prompt: objects, attributes, counts, relations",
@@ -46,7 +65,10 @@ PERSPECTIVES = {
 UNDESCRIPTIVE_RECIPE_KEYS = {
     "output_dir", "logging_dir", "run_name", "report_to", "overwrite_output_dir", "resume", "base_model",
     "logging_steps", "logging_strategy", "save_steps", "save_strategy", "save_total_limit", "disable_tqdm",
+    "image_root",
 }
+# Recipe keys that may hold a local path: shown only when they hold a Hub id.
+PATH_RECIPE_KEYS = {"train", "eval"}
 
 
 def is_hub_id(name: str | None) -> bool:
@@ -60,17 +82,24 @@ def is_hub_id(name: str | None) -> bool:
     return True
 
 
+def is_dataset_id(name: str | None) -> bool:
+    """Whether `name` reads as a Hub dataset id (`org/name`, no file suffix) rather than a local data file."""
+    return is_hub_id(name) and "/" in name and not Path(name).suffix
+
+
 def metric_rows(metrics: dict | list) -> list[tuple[str, str, str]]:
     """`(benchmark, metric, value)` rows of evaluation results.
 
     `metrics` is one run or a list of runs; a run is an `llava-reward evaluate` metrics.json (its `results`, under
-    the benchmark and dataset names; run details such as paths are left out), `{benchmark: {metric: value}}` or
-    `{metric: value}`. Deeper nesting joins the inner keys with " / "; short lists (confidence intervals) are shown.
+    the benchmark and dataset names; run details such as paths are left out; a run on images the model was trained on
+    is marked "not held out"), `{benchmark: {metric: value}}` or `{metric: value}`. Deeper nesting joins the inner
+    keys with " / "; short lists (confidence intervals) are shown.
     """
     rows = []
     for run in metrics if isinstance(metrics, list) else [metrics]:
         if isinstance(run.get("results"), dict) and "benchmark" in run:
             name = run["benchmark"] + (f" ({run['dataset_name']})" if run.get("dataset_name") else "")
+            name += " - NOT held out: the model was trained on these images" if run.get("held_out") is False else ""
             for path, value in _leaves(run["results"]):
                 rows.append((name, " / ".join(part for part in path if part != "overall"), _format_value(value)))
             continue
@@ -100,15 +129,49 @@ def _format_value(value) -> str:
     return "n/a" if value is None else str(value)
 
 
+def eval_results(metrics: dict | list) -> list[EvalResult]:
+    """The model-index entries of `llava-reward evaluate` runs: each benchmark's headline metrics, overall and per
+    MJ-Bench subset. Runs on images the model was trained on (`held_out: false`) are left out."""
+    results = []
+    for run in metrics if isinstance(metrics, list) else [metrics]:
+        if not (isinstance(run.get("results"), dict) and run.get("benchmark") in BENCHMARK_DATASETS):
+            continue
+        if run.get("held_out") is False:
+            continue
+        dataset_type, dataset_name, headline = BENCHMARK_DATASETS[run["benchmark"]]
+        groups = {run.get("dataset_name") or "": run["results"].get("overall", {})}
+        groups.update({name: values for name, values in run["results"].get("subsets", {}).items() if name})
+        for group, values in groups.items():
+            for metric in headline:
+                value = values.get(metric)
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    results.append(
+                        EvalResult(
+                            task_type=PIPELINE_TAG,
+                            task_name="Text-to-image reward",
+                            dataset_type=dataset_type,
+                            dataset_name=f"{dataset_name} {group}".strip(),
+                            dataset_config=group or None,
+                            metric_type=metric,
+                            metric_name=metric.replace("_", " "),
+                            metric_value=round(float(value), 4),
+                        )
+                    )
+    return results
+
+
 def training_rows(recipe: dict | None, lora: dict | None) -> list[tuple[str, str]]:
-    """`(setting, value)` rows describing how the model was trained: the recipe's sections and the LoRA shape."""
+    """`(setting, value)` rows describing how the model was trained: the recipe's sections and the LoRA shape (never
+    a path of the training machine)."""
     rows = []
     for section, values in (recipe or {}).items():
         if isinstance(values, dict):
             rows += [
                 (f"{section}.{key}", _format_value(value) if not isinstance(value, (list, dict)) else json.dumps(value))
                 for key, value in values.items()
-                if key not in UNDESCRIPTIVE_RECIPE_KEYS and value is not None
+                if key not in UNDESCRIPTIVE_RECIPE_KEYS
+                and value is not None
+                and (key not in PATH_RECIPE_KEYS or is_dataset_id(str(value)))
             ]
     if lora:
         rows.append(
@@ -165,6 +228,7 @@ def render_perspective_card(
     recipe=None,
     license: str | None = None,
     config: LlavaRewardConfig | None = None,
+    datasets: list[str] | None = None,
 ) -> ModelCard:
     r"""
     The model card of the perspective saved in `model_dir` (an adapter bundle or a full-model folder).
@@ -174,12 +238,19 @@ def render_perspective_card(
         repo_id (`str`): where the card's usage snippet loads the model from (a Hub id, or a local folder holding the
             perspective subfolders).
         perspective (`str`, *optional*): what the reward judges; defaults to the config's `perspective`.
-        subfolder (`str`, *optional*): the folder of `repo_id` holding the model; defaults to `perspective`.
+        subfolder (`str`, *optional*): the folder of `repo_id` holding the model; defaults to `perspective` (`""`:
+            the model is `repo_id` itself).
         revision (`str`, *optional*): the Hub revision the snippet pins.
         metrics (`dict` or path, *optional*): evaluation results; defaults to `model_dir/metrics.json` when present.
         recipe (`dict` or path, *optional*): the training recipe (YAML or JSON) for the training section.
         license (`str`, *optional*): the license id for the front matter (e.g. the base model's).
         config (`LlavaRewardConfig`, *optional*): the config to describe, if not the one saved in `model_dir`.
+        datasets (`list[str]`, *optional*): the Hub ids of the training datasets (default: those the model's
+            `training_data.json` names).
+
+    The front matter carries the Hub's metadata: `library_name`, `pipeline_tag`, `base_model` (a Hub id), `datasets`,
+    `tags`, `license` and a `model-index` of the held-out evaluation results of `metrics`. A `card_notes.md` in
+    `model_dir` is appended to the card.
 
     Example:
 
@@ -190,26 +261,37 @@ def render_perspective_card(
     model_dir = Path(model_dir)
     config = config or LlavaRewardConfig.from_pretrained(model_dir)
     perspective = perspective or config.perspective
-    adapter_file = model_dir / ADAPTER_CONFIG
-    lora = json.loads(adapter_file.read_text()) if adapter_file.is_file() else None
+    adapter_folder = lora_folder(model_dir)
+    lora = json.loads((adapter_folder / ADAPTER_CONFIG).read_text()) if adapter_folder is not None else None
     conversion_file = model_dir / CONVERSION_FILE
+    metrics = read_metrics(metrics, model_dir)
+    hub_base = is_hub_id(config.base_model)
     card_data = ModelCardData(
-        base_model=config.base_model if is_hub_id(config.base_model) else None,
-        base_model_relation=("adapter" if lora else "finetune") if is_hub_id(config.base_model) else None,
+        model_name=f"llava-reward-{perspective}",
+        library_name=LIBRARY_NAME,
+        pipeline_tag=PIPELINE_TAG,
+        base_model=config.base_model if hub_base else None,
+        base_model_relation=("adapter" if lora else "finetune") if hub_base else None,
+        datasets=datasets or training_datasets(model_dir) or None,
         license=license,
         tags=TAGS + [perspective, config.objective],
+        eval_results=eval_results(metrics) or None,
     )
-    return ModelCard.from_template(
+    notes_file = model_dir / CARD_NOTES_FILE
+    card = ModelCard.from_template(
         card_data,
         template_path=str(TEMPLATES / "perspective_card.md"),
         repo_id=repo_id,
-        subfolder=subfolder or perspective,
+        # the default model loads by name with llava_reward.load, by folder with the others
+        transformers_source="llava_reward.loading.default_model_dir()" if repo_id == "default" else json.dumps(repo_id),
+        subfolder=subfolder if subfolder is not None else perspective,
+        task=TASK_TAG,
         revision=revision,
         perspective=perspective,
         perspective_description=PERSPECTIVES.get(perspective, f"as defined by its training data for {perspective!r}"),
-        base_model=config.base_model or "(not recorded)",
+        base_model=_describe_base(config.base_model),
         base_model_name=Path(config.base_model or "a VLM").name,
-        base_model_revision=config.base_model_revision,
+        base_model_revision=config.base_model_revision if hub_base else None,
         family=get_family(config.vlm_config.model_type).name,
         objective=config.objective,
         objective_name=get_objective(config.objective).display_name,
@@ -225,15 +307,31 @@ def render_perspective_card(
         pooling_description="at the last token (the reward token)" if config.pooling == "last" else "mean over tokens",
         trained_weights=_trained_weights(model_dir, config, lora),
         training_rows=training_rows(read_recipe(recipe), lora),
-        metric_rows=metric_rows(read_metrics(metrics, model_dir)),
+        metric_rows=metric_rows(metrics),
         conversion=json.loads(conversion_file.read_text()) if conversion_file.is_file() else None,
     )
+    if notes_file.is_file():
+        card.text += "\n" + notes_file.read_text(encoding="utf-8").strip() + "\n"
+    return card
+
+
+def training_datasets(model_dir: Path) -> list[str]:
+    """The Hub ids among the data sources the model's `training_data.json` records."""
+    path = model_dir / TRAINING_DATA_FILE
+    if not path.is_file():
+        return []
+    sources = json.loads(path.read_text(encoding="utf-8")).get("sources", [])
+    return [source for source in sources if is_dataset_id(source)]
 
 
 def render_repo_card(repo_id: str, perspectives: list[str], base_model: str | None, license: str | None = None) -> ModelCard:
     """The card at the root of a repo of perspectives: what each subfolder is and how to load them together."""
     card_data = ModelCardData(
-        base_model=base_model if is_hub_id(base_model) else None, license=license, tags=TAGS + sorted(perspectives)
+        library_name=LIBRARY_NAME,
+        pipeline_tag=PIPELINE_TAG,
+        base_model=base_model if is_hub_id(base_model) else None,
+        license=license,
+        tags=TAGS + sorted(perspectives),
     )
     return ModelCard.from_template(
         card_data,
@@ -241,9 +339,18 @@ def render_repo_card(repo_id: str, perspectives: list[str], base_model: str | No
         marker=REPO_CARD_MARKER,
         repo_id=repo_id,
         perspectives=sorted(perspectives),
-        base_model=base_model or "(not recorded)",
+        base_model=_describe_base(base_model),
         base_model_name=Path(base_model or "a VLM").name,
     )
+
+
+def _describe_base(base_model: str | None) -> str:
+    """The base model as a card shows it: never a path of the machine that trained it."""
+    if not base_model:
+        return "(not recorded)"
+    if is_hub_id(base_model) or base_model.startswith((DEFAULT_BACKBONE_PREFIX, "./", "../")):
+        return base_model  # a Hub id, the default backbone's stable name, or a folder relative to this one
+    return f"{Path(base_model).name} (a local folder)"
 
 
 def _head_description(config: LlavaRewardConfig) -> str:

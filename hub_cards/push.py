@@ -35,7 +35,13 @@ from llava_reward.bundle import CARD_FILE
 from llava_reward.bundle import METRICS_FILE
 from llava_reward.bundle import is_adapter_bundle
 from llava_reward.configuration import LlavaRewardConfig
+from llava_reward.modeling_llava_reward import ADAPTER_CONFIG
+from llava_reward.modeling_llava_reward import ADAPTER_WEIGHTS
+from llava_reward.modeling_llava_reward import DEFAULT_BACKBONE_PREFIX
+from llava_reward.modeling_llava_reward import LORA_FOLDER
+from llava_reward.provenance import TRAINING_DATA_FILE
 
+from .cards import CARD_NOTES_FILE
 from .cards import CONVERSION_FILE
 from .cards import REPO_CARD_MARKER
 from .cards import is_hub_id
@@ -44,7 +50,16 @@ from .cards import render_perspective_card
 from .cards import render_repo_card
 
 
-MODEL_FILES = {"config.json", "reward_head.safetensors", "adapter_config.json", "adapter_model.safetensors"}
+MODEL_FILES = {
+    "config.json",
+    "reward_head.safetensors",
+    f"{LORA_FOLDER}/{ADAPTER_CONFIG}",
+    f"{LORA_FOLDER}/{ADAPTER_WEIGHTS}",
+    # llava-reward 0.1 wrote the LoRA adapter beside the config
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    TRAINING_DATA_FILE,
+}
 FULL_MODEL_FILES = re.compile(r"model(-\d{5}-of-\d{5})?\.safetensors|model\.safetensors\.index\.json")
 PROCESSOR_FILES = {
     "processor_config.json",
@@ -59,7 +74,7 @@ PROCESSOR_FILES = {
     "merges.txt",
     "tokenizer.model",
 }
-CARD_FILES = {CARD_FILE, METRICS_FILE, CONVERSION_FILE}
+CARD_FILES = {CARD_FILE, METRICS_FILE, CONVERSION_FILE, CARD_NOTES_FILE}
 AUTO_MAP_FILES = ("config.json", "processor_config.json", "tokenizer_config.json", "preprocessor_config.json")
 
 
@@ -68,7 +83,8 @@ def files_that_belong(model_dir: str | os.PathLike) -> list[str]:
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise FileNotFoundError(f"{model_dir} is not a folder.")
-    names = {path.name for path in model_dir.iterdir() if path.is_file()}
+    names = {path.relative_to(model_dir).as_posix() for path in model_dir.iterdir() if path.is_file()}
+    names |= {f"{LORA_FOLDER}/{path.name}" for path in (model_dir / LORA_FOLDER).glob("*") if path.is_file()}
     if "config.json" not in names or not (is_adapter_bundle(model_dir) or any(map(FULL_MODEL_FILES.fullmatch, names))):
         raise ValueError(
             f"{model_dir} holds no trained perspective: expected config.json with reward_head.safetensors (an "
@@ -113,7 +129,8 @@ def perspective_files(
         files["config.json"] = (json.dumps(config_dict, indent=2, sort_keys=True) + "\n").encode()
         for key, value in updates.items():
             setattr(config, key, value)
-    if is_adapter_bundle(model_dir) and not is_hub_id(config.base_model):
+    portable = is_hub_id(config.base_model) or str(config.base_model).startswith(DEFAULT_BACKBONE_PREFIX)
+    if is_adapter_bundle(model_dir) and not portable:
         raise ValueError(
             f"{model_dir / 'config.json'} names the base model {config.base_model!r}, which is not a Hub id: nobody "
             "else could load it. Pass the Hub id it was downloaded from (`base_model=`, `--base-model ORG/NAME`)."
@@ -148,6 +165,7 @@ def write_local(files: dict[str, Path | bytes], folder: str | os.PathLike) -> Pa
         for stale in {path.name for path in folder.iterdir() if path.is_file()} - files.keys():
             (folder / stale).unlink()
     for name, source in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
         if isinstance(source, bytes):
             (folder / name).write_bytes(source)
         elif not in_place:

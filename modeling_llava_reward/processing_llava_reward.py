@@ -155,8 +155,18 @@ class LlavaRewardProcessor(ProcessorMixin):
             )
         return cls.from_vlm_processor(vlm_processor, **kwargs)
 
-    def __call__(self, prompts, images, *, return_tensors: str = "pt", **kwargs) -> BatchFeature:
-        """Pair `prompts[i]` with `images[i]` (one prompt may serve many images) and build the model inputs."""
+    def __call__(self, prompts=None, images=None, *, text=None, return_tensors: str = "pt", **kwargs) -> BatchFeature:
+        """Pair `prompts[i]` with `images[i]` (one prompt may serve many images) and build the model inputs.
+
+        The prompts may also come as `text=`, the name every transformers processor uses:
+        `processor(images=images, text=prompts)`.
+        """
+        if text is not None:
+            if prompts is not None:
+                raise TypeError("Pass the prompts once: as the first argument or as `text=`, not both.")
+            prompts = text
+        if prompts is None or images is None:
+            raise TypeError("Pass the prompts (`text=`) and the `images=` to score.")
         prompts, images = self.pair(prompts, load_images(images))
         texts = [self.build_text(self.truncate_prompt(prompt, index)) for index, prompt in enumerate(prompts)]
         kwargs.setdefault("do_convert_rgb", False)  # load_images made them RGB: the image processor would copy them

@@ -53,9 +53,10 @@ def fingerprints(images) -> set[str]:
     return {found for found in map(image_fingerprint, images) if found is not None}
 
 
-def write_training_data(folder: str | os.PathLike, images, *, sources: list[str]) -> Path:
-    """Record the fingerprints of the training `images` (and the data sources they came from) in `folder`."""
-    found = sorted(fingerprints(images))
+def write_training_data(folder: str | os.PathLike, image_fingerprints, *, sources: list[str]) -> Path:
+    """Record the fingerprints of the training images (`fingerprints(images)`) and the data sources they came from
+    in `folder`."""
+    found = sorted(image_fingerprints)
     payload = {"format": FORMAT, "num_images": len(found), "sources": sources, "image_fingerprints": found}
     return write_json(Path(folder) / TRAINING_DATA_FILE, payload)
 

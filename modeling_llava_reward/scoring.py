@@ -118,6 +118,24 @@ class LlavaRewardScorer:
             rewards.append(self.model(**self._to_model(inputs)).rewards.float().cpu())
         return torch.cat(rewards)
 
+    def __call__(self, prompts, images, **kwargs) -> torch.Tensor:
+        """`scorer(prompts, images)` is `scorer.score(prompts, images)`."""
+        return self.score(prompts, images, **kwargs)
+
+    def score_matrix(self, prompts, images, *, batch_size: int = 8, progress: bool | None = None) -> torch.Tensor:
+        """Rewards of every prompt with every image: `(P, N)` (or `(P, N, D)` for GPM), row p for `prompts[p]`.
+
+        `score` pairs element-wise (prompt i with image i); this is the cross product, e.g. to see which prompt an
+        image matches best. Each image is read once.
+        """
+        prompts = [prompts] if isinstance(prompts, (str, bytes)) else list(prompts)
+        loaded = [load_image(image, index) for index, image in enumerate(as_image_list(images))]
+        rewards = self.score(
+            [prompt for prompt in prompts for _ in loaded], loaded * len(prompts), batch_size=batch_size,
+            progress=progress,
+        )
+        return rewards.reshape(len(prompts), len(loaded), *rewards.shape[1:])
+
     def compare(self, prompt: str, image_a, image_b) -> float:
         """P(image_a preferred over image_b | prompt), with the objective's formula and temperature."""
         rewards = self.score(prompt, [image_a, image_b])

@@ -66,7 +66,11 @@ def test_card_has_valid_front_matter_and_every_section(repo, perspective):
     assert positions == sorted(positions)
     assert "Reward hacking" in text and "@inproceedings{zhou2025llavareward" in text
     assert f"**{perspective}** perspective" in text
-    assert 'LlavaRewardScorer.from_pretrained("me/llava-reward-tiny", subfolder="' + perspective + '")' in text
+    assert f'llava_reward.load("me/llava-reward-tiny", perspective="{perspective}")' in text
+    assert f'AutoModel.from_pretrained("me/llava-reward-tiny", subfolder="{perspective}")' in text
+    # What the Hub reads: library, task, tags; no model-index without metrics.
+    assert metadata["library_name"] == "llava-reward" and metadata["pipeline_tag"] == "zero-shot-image-classification"
+    assert "text-to-image-reward" in metadata["tags"] and "model-index" not in metadata
 
 
 def test_how_the_reward_reads_follows_the_objective(repo):
@@ -88,6 +92,7 @@ def test_a_hub_base_model_is_referenced_in_the_front_matter(repo, tmp_path):
     text = str(render_perspective_card(repo / "alignment", repo_id="me/x", config=config))
     metadata = front_matter(text)
     assert metadata["base_model"] == "org/tiny-llava" and metadata["base_model_relation"] == "adapter"
+    assert "/" not in text.split("org/tiny-llava")[0].split("## Model")[-1]  # no path of the training machine
     assert "`org/tiny-llava` at revision `0123abc`" in text
 
 
@@ -132,6 +137,39 @@ def test_evaluation_table_reads_llava_reward_evaluate_runs(repo, tmp_path):
     assert "| mjbench (objects_indoor) | accuracy_with_ties | 0.8123 |" in table
     assert "/home/me" not in table and "unreadable" not in table
 
+    # The model-index: each run's headline metrics, overall and per subset, read back by huggingface_hub.
+    results = ModelCard(text).data.eval_results
+    found = {(result.dataset_name, result.metric_type): result.metric_value for result in results}
+    assert found == {
+        ("MJ-Bench human", "accuracy_with_ties"): 0.97,
+        ("MJ-Bench faces", "accuracy_with_ties"): 0.5,
+        ("MJ-Bench objects_indoor", "accuracy_with_ties"): 0.8123,
+    }
+    assert {result.dataset_type for result in results} == {"MJ-Bench/MJ-Bench"}
+    assert all(result.task_type == "zero-shot-image-classification" for result in results)
+
+
+def test_numbers_measured_on_training_images_are_marked_and_left_out_of_the_model_index(repo, tmp_path):
+    runs = [
+        {"benchmark": "mjbench", "dataset_name": name, "held_out": held_out,
+         "results": {"overall": {"accuracy_with_ties": accuracy}}}
+        for name, held_out, accuracy in (("human", False, 0.99), ("objects_indoor", True, 0.7))
+    ]
+    text = str(render_perspective_card(repo / "fidelity", repo_id="me/x", metrics=runs))
+    assert "| mjbench (human) - NOT held out: the model was trained on these images | accuracy_with_ties | 0.99 |" in text
+    assert [(result.dataset_name, result.metric_value) for result in ModelCard(text).data.eval_results] == [
+        ("MJ-Bench objects_indoor", 0.7)
+    ]
+
+
+def test_card_notes_are_appended_on_every_render(repo, tmp_path):
+    (repo / "alignment" / "card_notes.md").write_text("## About this model\n\nDo not optimise against it.\n")
+    try:
+        text = str(render_perspective_card(repo / "alignment", repo_id="me/x"))
+    finally:
+        (repo / "alignment" / "card_notes.md").unlink()
+    assert text.rstrip().endswith("## About this model\n\nDo not optimise against it.")
+
 
 def test_training_section_shows_the_recipe_but_not_machine_paths(repo, tmp_path):
     recipe = {
@@ -142,7 +180,7 @@ def test_training_section_shows_the_recipe_but_not_machine_paths(repo, tmp_path)
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
     text = str(render_perspective_card(repo / "alignment", repo_id="me/x", recipe=tmp_path / "recipe.yaml"))
     training = text.split("## Training")[1].split("## Evaluation")[0]
-    assert "| data.train | mjbench_pairs.json |" in training and "| training.learning_rate | 0.0002 |" in training
+    assert "| data.train" not in training and "| training.learning_rate | 0.0002 |" in training  # a local file
     assert "/home/me" not in training
     assert "No training recipe" in str(render_perspective_card(repo / "safety", repo_id="me/x"))
 
@@ -152,13 +190,20 @@ def test_usage_snippets_run_as_printed_against_a_local_folder(repo, tmp_path):
     for perspective in ("alignment", "safety"):
         card = render_perspective_card(repo / perspective, repo_id=str(repo))
         blocks = python_blocks(str(card))
-        assert len(blocks) == 2
+        assert len(blocks) == 3
         script += blocks
     (tmp_path / "snippets.py").write_text("\n".join(script))
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     done = subprocess.run([sys.executable, "snippets.py"], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.strip().splitlines()
-    # alignment: rewards, P(red > green), {alignment: rewards}; safety: rewards, sigmoid(rewards), {safety: rewards}
-    assert lines[0].startswith("tensor([") and 0 < float(lines[1]) < 1 and lines[2].startswith("{'alignment': tensor(")
-    assert lines[3].startswith("tensor([") and lines[4].startswith("tensor([") and lines[5].startswith("{'safety': tensor(")
+    # per perspective: rewards, P(red > green) or sigmoid(rewards); AutoModel's rewards; the pipeline's; the multi-
+    # perspective scorer's {perspective: rewards}
+    assert lines[0].startswith("tensor([") and 0 < float(lines[1]) < 1 and lines[2].startswith("tensor([")
+    assert lines[3].startswith("[{'prompt': 'a red apple on a wooden table', 'reward': ")
+    assert lines[4].startswith("{'alignment': tensor(")
+    assert lines[5].startswith("tensor([") and lines[6].startswith("tensor([") and lines[9].startswith("{'safety': tensor(")
+    # the scorer, AutoModel and the pipeline give the same rewards
+    scorer_rewards = [float(value) for value in re.findall(r"-?\d+\.\d+", lines[0])]
+    pipeline_rewards = [entry["reward"] for entry in eval(lines[3])]  # noqa: S307 (our own printed list)
+    assert pipeline_rewards == pytest.approx(scorer_rewards, abs=1e-4)

@@ -28,14 +28,15 @@ TRAINING_LEFTOVERS = {
 }
 UPLOADED = [
     "README.md",
-    "adapter_config.json",
-    "adapter_model.safetensors",
     "chat_template.jinja",
     "config.json",
     "configuration_llava_reward.py",  # the processor's auto_map names these code files
     "families.py",
     "image_inputs.py",
+    "lora/adapter_config.json",
+    "lora/adapter_model.safetensors",
     "metrics.json",
+    "modeling_llava_reward.py",  # config.json's auto_map: AutoModel loads the perspective with trust_remote_code
     "objectives.py",
     "processing_llava_reward.py",
     "processor_config.json",
@@ -98,7 +99,6 @@ def trained(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("push")
     base = save_tiny_vlm("llava", root / "base")
     out = save_tiny_perspective(base, root / "train_out", perspective="fidelity", base_model="org/tiny-llava")
-    (out / "README.md").unlink()  # PEFT's generic card: push renders ours
     (out / "metrics.json").write_text(json.dumps({"mjbench_fidelity": {"accuracy": 0.8}}))
     for name, content in TRAINING_LEFTOVERS.items():
         (out / name).parent.mkdir(exist_ok=True)
@@ -121,7 +121,7 @@ def test_push_uploads_exactly_the_perspective_in_one_commit(trained, tmp_path):
     assert json.loads(added["fidelity/metrics.json"]) == {"mjbench_fidelity": {"accuracy": 0.8}}
     card = added["fidelity/README.md"].decode()
     assert card.startswith("---\n") and "base_model: org/tiny-llava" in card
-    assert 'LlavaRewardScorer.from_pretrained("me/llava-reward-tiny", subfolder="fidelity")' in card
+    assert 'llava_reward.load("me/llava-reward-tiny", perspective="fidelity")' in card
     assert "| mjbench_fidelity | accuracy | 0.8 |" in card
     root_card = added["README.md"].decode()
     assert REPO_CARD_MARKER in root_card and "[fidelity/README.md](fidelity/README.md)" in root_card
@@ -151,7 +151,7 @@ def test_a_repush_deletes_stale_files_and_updates_the_root_card(trained, tmp_pat
     assert sorted(api.deleted()) == ["fidelity/model.safetensors", "fidelity/old_notes.txt"]
     root_card = api.added()["README.md"].decode()
     assert "`alignment`" in root_card and "`fidelity`" in root_card
-    assert 'load_perspectives("me/llava-reward-tiny", ["alignment", "fidelity"])' in root_card
+    assert 'llava_reward.load("me/llava-reward-tiny", perspective=["alignment", "fidelity"])' in root_card
     assert 'revision="v2"' in api.added()["fidelity/README.md"].decode()
 
 
@@ -215,7 +215,7 @@ def test_cli_local_dir_writes_a_hub_ready_folder(trained, tmp_path, capsys):
     assert exit_code == 0
     folder = tmp_path / "hub" / "fidelity"
     assert capsys.readouterr().out.strip() == f"wrote {len(UPLOADED)} files to {folder}"
-    assert sorted(path.name for path in folder.iterdir()) == UPLOADED
+    assert sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file()) == UPLOADED
     assert "subfolder=\"fidelity\"" in (folder / "README.md").read_text()
     # The folder loads as a perspective (the base is found through `base=`, as it is not on this machine's Hub cache).
     from llava_reward import LlavaRewardScorer
@@ -228,7 +228,7 @@ def test_cli_local_dir_can_render_the_card_into_the_bundle_itself(trained, tmp_p
     assert main(["push", str(bundle), "--repo-id", "me/llava-reward-tiny", "--local-dir", str(tmp_path)]) == 0
     assert "## How to read the reward" in (bundle / "README.md").read_text()
     assert all((bundle / name).is_file() for name in TRAINING_LEFTOVERS)  # nothing else in the folder is touched
-    assert (bundle / "adapter_model.safetensors").read_bytes() == (trained / "adapter_model.safetensors").read_bytes()
+    assert (bundle / "lora" / "adapter_model.safetensors").read_bytes() == (trained / "lora" / "adapter_model.safetensors").read_bytes()
 
 
 def test_cli_dry_run_lists_the_files_and_sends_nothing(trained, capsys):

@@ -26,6 +26,9 @@ from pathlib import Path
 
 import yaml
 
+from llava_reward.configuration import named_file
+from llava_reward.configuration import names
+
 
 logger = logging.getLogger(__name__)
 
@@ -97,9 +100,10 @@ def load_recipe(path, overrides: dict | None = None) -> Recipe:
     """Read a recipe file, apply `{"section.key": value}` overrides, and validate every value."""
     from .trainer import LlavaRewardTrainingConfig
 
-    path = Path(path)
-    if not path.is_file():
-        raise RecipeError(f"Recipe {path} not found.")
+    try:
+        path = named_file("recipes", path)
+    except FileNotFoundError as error:
+        raise RecipeError(f"Recipe {error}") from None
     raw = yaml.load(path.read_text(), Loader=RecipeLoader) or {}
     if not isinstance(raw, dict) or set(raw) - set(SECTIONS):
         raise RecipeError(f"{path}: the top level must be a mapping with sections {list(SECTIONS)}, got {list(raw)}.")
@@ -220,6 +224,7 @@ def train(recipe: Recipe, resume: bool | str = False):
     trainer = LlavaRewardTrainer(
         model, args, train_dataset=train_dataset, eval_dataset=eval_dataset or None, processing_class=processor
     )
+    trainer.data_sources = [str(data_args.train)]
     trainable, total = trainer.trainable_parameters
     if trainer.is_world_process_zero():
         print(
@@ -234,7 +239,12 @@ def train(recipe: Recipe, resume: bool | str = False):
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     parser = parser or argparse.ArgumentParser(prog="python -m llava_reward.trainers.train", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", required=True, metavar="RECIPE.yaml", help="the training recipe")
+    parser.add_argument(
+        "--config",
+        required=True,
+        metavar="RECIPE",
+        help=f"a recipe file, or the name of a shipped recipe: {', '.join(names('recipes'))}",
+    )
     parser.add_argument(
         "--resume",
         nargs="?",
@@ -244,8 +254,14 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         help="continue from the last checkpoint in output_dir (or from CHECKPOINT)",
     )
     parser.epilog = (
-        "Any other --section.key value overrides the recipe (--learning_rate 1e-4, --model.base_model PATH)."
+        "Any other --section.key value overrides the recipe; a bare --key means --training.key. The main ones:\n"
+        "  --model.base_model PATH_OR_HUB_ID   --model.perspective NAME   --model.hidden_layer K\n"
+        "  --data.train FILE_OR_DATASET   --data.eval FILE   --data.image_root DIR   --data.on_bad_row skip\n"
+        "  --output_dir DIR   --objective {bt,gpm,ce}   --tau T   --tuning {lora,head,full}   --lora_r R\n"
+        "  --learning_rate LR   --max_steps N   --per_device_train_batch_size B   --bf16 true\n"
+        "Data: .json, .jsonl, .parquet, a saved dataset, an MJ-Bench folder or a datasets Hub id (docs/training.md)."
     )
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     return parser
 
 

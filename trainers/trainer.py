@@ -8,6 +8,7 @@ temperature and margin, GPM, CE), the metrics, and checkpoints (an adapter bundl
 """
 
 import contextlib
+import functools
 import logging
 import os
 from collections import defaultdict
@@ -29,11 +30,14 @@ from llava_reward import LlavaRewardProcessor
 from llava_reward.bundle import REWARD_HEAD_WEIGHTS
 from llava_reward.bundle import save_reward_bundle
 from llava_reward.bundle import unwrap
+from llava_reward.data_formats import IMAGE_FIELDS
 from llava_reward.modeling_llava_reward import ADAPTER_WEIGHTS
 from llava_reward.modeling_llava_reward import lora_folder
 from llava_reward.objectives import Objective
 from llava_reward.objectives import get_objective
 from llava_reward.objectives import names_with
+from llava_reward.provenance import fingerprints
+from llava_reward.provenance import write_training_data
 
 from .data import LABELLED_COLUMNS
 from .data import PAIR_COLUMNS
@@ -290,6 +294,8 @@ class LlavaRewardTrainer(RewardTrainer):
         )
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
         self.trainable_parameters = count_parameters(self.model)  # (trainable, total)
+        # Where the training data came from (a Hub id, a file), recorded in training_data.json; `train` sets it.
+        self.data_sources: list[str] = []
         logger.info("%s tuning: %d of %d parameters trainable.", args.tuning, *self.trainable_parameters)
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
@@ -357,13 +363,21 @@ class LlavaRewardTrainer(RewardTrainer):
     # ---- checkpoints: an adapter bundle (LoRA + head), or the full model ----------------------------------------
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
-        if self.args.tuning == "full":
-            return super()._save(output_dir, state_dict)
-        if not self.args.should_save:
-            return
         output_dir = output_dir or self.args.output_dir
-        save_reward_bundle(self.model, output_dir, self.processing_class)
-        torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+        if self.args.tuning == "full":
+            super()._save(output_dir, state_dict)
+        elif self.args.should_save:
+            save_reward_bundle(self.model, output_dir, self.processing_class)
+            torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+        if self.args.should_save:  # what the model saw, for evaluations to tell held-out numbers from others
+            write_training_data(output_dir, self.training_fingerprints, sources=self.data_sources)
+
+    @functools.cached_property
+    def training_fingerprints(self) -> set[str]:
+        """Fingerprints of the training images (`llava_reward.provenance`), computed once."""
+        columns = [column for column in IMAGE_FIELDS if column in self.train_dataset.column_names]
+        rows = self.train_dataset.select_columns(columns)
+        return fingerprints(row[column] for row in rows for column in columns)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         head_file = Path(resume_from_checkpoint) / REWARD_HEAD_WEIGHTS
