@@ -40,10 +40,10 @@ from llava_reward.bundle import METRICS_FILE
 from llava_reward.default_backbone import llava_reward_home
 from llava_reward.default_backbone import read_build_info
 from llava_reward.files import publish
-from llava_reward.files import reporter
 from llava_reward.files import staging_dir
 from llava_reward.files import write_json
 from llava_reward.hub_cards.cards import CARD_NOTES_FILE
+from llava_reward.progress import reporter
 
 
 MODEL_NAME = "fidelity-default"

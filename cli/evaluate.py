@@ -19,9 +19,11 @@ import functools
 import sys
 
 from .errors import UserInputError
+from .options import DTYPES
+from .options import add_progress_argument
+from .options import load_scorer
 from .options import positive_int
-from .score import DTYPES
-from .score import load_scorer
+from .options import progress_option
 
 
 BENCHMARKS = ("mjbench", "tifa160", "unpaired", "pairwise")  # evaluation.BENCHMARKS, without importing it here
@@ -61,7 +63,7 @@ def register(subparsers) -> None:
     parser.add_argument("--limit", type=positive_int, metavar="N", help="only the first N rows of each data file")
     parser.add_argument("--skip-bad", action="store_true", help="skip bad rows (listed in metrics.json and report.md)")
     parser.add_argument("--overwrite", action="store_true", help="discard the scores in DIR instead of resuming")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar (it is off when not a terminal)")
+    add_progress_argument(parser)
     protocol = parser.add_argument_group("protocol")
     protocol.add_argument(
         "--tie-threshold", type=float, default=0.0, metavar="T",
@@ -109,7 +111,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             model_options={"subfolder": args.subfolder, "dtype": args.dtype},
             batch_size=args.batch_size,
             overwrite=args.overwrite,
-            progress=False if args.no_progress else None,
+            progress=progress_option(args),
         )
     except BadRowsError as error:
         raise UserInputError(f"{error}{hint}") from None

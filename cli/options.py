@@ -76,6 +76,19 @@ def checked_device(name: str | None):
     return device
 
 
-def progress_option(args: argparse.Namespace) -> bool | None:
-    """False when asked for no progress bar; None lets the bar decide (shown on a terminal only)."""
-    return False if args.no_progress else None
+PROGRESS = {"auto": None, "bar": True, "plain": "plain", "none": False}
+
+
+def add_progress_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--progress",
+        choices=tuple(PROGRESS),
+        default="auto",
+        help="auto: a bar on a terminal only; bar; plain: a line every 10 batches (logs, CI); none",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="the same as --progress none")
+
+
+def progress_option(args: argparse.Namespace):
+    """The `progress` value the scorer and evaluation take, from `--progress` / `--no-progress`."""
+    return False if args.no_progress else PROGRESS[args.progress]

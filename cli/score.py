@@ -37,6 +37,7 @@ from llava_reward.objectives import names_with
 
 from .errors import UserInputError
 from .options import DTYPES
+from .options import add_progress_argument
 from .options import load_scorer
 from .options import positive_int
 from .options import progress_option
@@ -97,7 +98,7 @@ def _add_shared_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="where to run, e.g. cpu, cuda, cuda:1, mps (default: cpu)")
     parser.add_argument("--dtype", choices=DTYPES, help="cast the model to this dtype (default: as saved)")
     parser.add_argument("--skip-bad", action="store_true", help="with --input: skip bad rows, report them at the end")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar (it is off when not a terminal)")
+    add_progress_argument(parser)
 
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -250,12 +251,11 @@ class FileRun:
         self.rows = [row for row in rows if isinstance(row, Row)]
 
     def score(self, scorer, output) -> int:
-        from tqdm.auto import tqdm
+        from llava_reward.progress import iterate
 
         size = self.args.batch_size
         batches = [self.rows[start : start + size] for start in range(0, len(self.rows), size)]
-        # tqdm's disable=None: a bar on a terminal only.
-        for batch in tqdm(batches, desc="scoring", unit="batch", disable=True if self.args.no_progress else None):
+        for batch in iterate(batches, total=len(batches), desc="scoring", progress=progress_option(self.args)):
             for row, rewards in self.score_rows(scorer, batch):
                 _write(output, {"row": row.number, **row.record, **self.results(scorer, row, rewards)})
         return self.summarize()

@@ -1,6 +1,7 @@
 """`llava-reward train --config RECIPE.yaml [--key value ...] [--resume [CHECKPOINT]]`: `python -m llava_reward.trainers.train`."""
 
 import argparse
+from pathlib import Path
 
 from llava_reward.trainers.train import build_parser
 
@@ -56,7 +57,10 @@ def write_card(recipe) -> None:
     sections = {"model": dataclasses.asdict(recipe.model), "data": dataclasses.asdict(recipe.data)}
     sections["training"] = {key: getattr(recipe.training, key) for key in TRAINING_SETTINGS}
     datasets = [source for source in (recipe.data.train,) if is_dataset_id(str(source))]
-    card = render_perspective_card(output_dir, repo_id=output_dir, subfolder="", recipe=sections, datasets=datasets)
+    # The snippet loads the folder by its name (from the folder above it): no path of this machine in the card.
+    card = render_perspective_card(
+        output_dir, repo_id=Path(output_dir).name, subfolder="", recipe=sections, datasets=datasets
+    )
     card.save(f"{output_dir}/{CARD_FILE}")
 
 

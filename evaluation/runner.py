@@ -32,6 +32,7 @@ from llava_reward.files import write_json
 from llava_reward.image_inputs import InputError
 from llava_reward.objectives import get_objective
 from llava_reward.objectives import names_with
+from llava_reward.progress import iterate
 from llava_reward.provenance import image_fingerprint
 from llava_reward.scoring import score_rows
 
@@ -217,16 +218,14 @@ class Evaluation:
                     f"{header[key]!r}): choose another output folder, or overwrite it (--overwrite)."
                 )
 
-    def _score_missing(self, scorer, task, store: "ScoreFile", batch_size: int, progress: bool | None) -> None:
-        from tqdm.auto import tqdm
-
+    def _score_missing(self, scorer, task, store: "ScoreFile", batch_size: int, progress) -> None:
         items = self.rows.items
         size = max(1, batch_size // task.images_per_item)
         # Batches are cut from all rows, then emptied of the scored ones: the rows left after an interruption are
         # batched (and so padded) exactly as in an uninterrupted run.
         batches = [[item for item in items[start : start + size] if item.id not in store.records] for start in range(0, len(items), size)]
         batches = [batch for batch in batches if batch]
-        for batch in tqdm(batches, desc="scoring", unit="batch", disable=None if progress is None else not progress):
+        for batch in iterate(batches, total=len(batches), desc="scoring", progress=progress):
             results = score_rows(scorer, [(item.prompts, item.images) for item in batch], batch_size=batch_size)
             scored = []
             for item, rewards in zip(batch, results):

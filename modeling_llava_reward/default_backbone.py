@@ -44,8 +44,8 @@ import torch
 from PIL import Image
 
 from .files import publish
-from .files import reporter
 from .files import staging_dir
+from .progress import reporter
 
 
 DEFAULT_IMAGE_SIZE = 224

@@ -2,8 +2,7 @@
 
 A folder is built in a staging folder beside its target (same file system) and moved into place with renames, each
 atomic; a file is written to a temporary name beside it and renamed over the target. A failure leaves the previous
-version untouched. Progress messages of long jobs (`reporter`) live here too: they go to stderr with the time since
-the job started.
+version untouched.
 
 Example:
     >>> import json, tempfile
@@ -18,9 +17,7 @@ import json
 import os
 import secrets
 import shutil
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 
@@ -72,15 +69,4 @@ def write_json(path: str | os.PathLike, payload) -> Path:
     return write_text(path, json.dumps(payload, indent=2) + "\n")
 
 
-def reporter(label: str, enabled: bool = True, start: float | None = None):
-    """A `say(message)` that prints `[label  12.3s] message` on stderr (nothing when not `enabled`)."""
-    start = time.perf_counter() if start is None else start
-
-    def say(message: str) -> None:
-        if enabled:
-            print(f"[{label} {time.perf_counter() - start:6.1f}s] {message}", file=sys.stderr, flush=True)
-
-    return say
-
-
-__all__ = ["publish", "reporter", "staging_dir", "write_json", "write_text"]
+__all__ = ["publish", "staging_dir", "write_json", "write_text"]

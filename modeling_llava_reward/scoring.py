@@ -13,7 +13,6 @@ import os
 import sys
 
 import torch
-from tqdm.auto import tqdm
 
 from .bundle import is_adapter_bundle
 from .bundle import model_folder
@@ -24,6 +23,7 @@ from .modeling_llava_reward import LlavaRewardModel
 from .objectives import Objective
 from .objectives import get_objective
 from .processing_llava_reward import LlavaRewardProcessor
+from .progress import iterate
 from .provenance import read_training_data
 
 
@@ -36,7 +36,8 @@ class LlavaRewardScorer:
         processor (`LlavaRewardProcessor`): its processor.
         device (`str` or `torch.device`, *optional*): where to run; defaults to where the model is.
         dtype (`torch.dtype` or `str`, *optional*): cast the model (e.g. `"bfloat16"`); inputs follow it.
-        progress (`bool`, *optional*): show a progress bar; defaults to on for long inputs on a terminal.
+        progress (`bool` or `"plain"`, *optional*): show a progress bar; defaults to on for long inputs on a terminal;
+            `"plain"` prints a line every 10 batches instead (for logs).
     """
 
     def __init__(
@@ -108,7 +109,8 @@ class LlavaRewardScorer:
         show = self.progress if progress is None else progress
         show = (len(image_list) > batch_size and sys.stderr.isatty()) if show is None else show
         rewards = []
-        for start in tqdm(range(0, len(image_list), batch_size), desc="scoring", unit="batch", disable=not show):
+        starts = range(0, len(image_list), batch_size)
+        for start in iterate(starts, total=len(starts), desc="scoring", progress=show):
             chunk = range(start, min(start + batch_size, len(image_list)))
             batch_images = [load_image(image_list[index], index) for index in chunk]  # errors name the input index
             try:

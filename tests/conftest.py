@@ -1,4 +1,7 @@
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,3 +25,26 @@ def one_intraop_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_trained(tmp_path_factory) -> dict[str, Path]:
+    """`llava-reward train --config tiny` outputs (LoRA, and full fine-tuning) written as a user's command writes them,
+    in a work folder laid out as the tiny recipe expects (`tiny-task/` with the colour task and a tiny base)."""
+    from llava_reward.testing import save_tiny_vlm
+    from llava_reward.trainers.synthetic import write_colour_task
+
+    work = tmp_path_factory.mktemp("tiny-trained")
+    write_colour_task(work / "tiny-task", train_pairs=8, eval_pairs=4)
+    save_tiny_vlm("llava", work / "tiny-task" / "base")
+    quick = ["--max_steps", "2", "--eval_strategy", "no", "--save_strategy", "no", "--per_device_train_batch_size", "2"]
+    outputs = {"work": work}
+    for tuning in ("lora", "full"):
+        output = work / "tiny-task" / f"reward-{tuning}"
+        command = [str(Path(sys.executable).parent / "llava-reward"), "train", "--config", "tiny", "--tuning", tuning,
+                   "--output_dir", str(output), *quick]
+        done = subprocess.run(command, cwd=work, capture_output=True, text=True, timeout=600,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert done.returncode == 0, done.stderr[-3000:]
+        outputs[tuning] = output
+    return outputs

@@ -14,13 +14,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from huggingface_hub import ModelCard
 
+import llava_reward
+from llava_reward import loading
 from llava_reward.cli import demo_workflow as default_model
 from llava_reward.cli import main
 from llava_reward.cli.demo_workflow import MODEL_NAME
 from llava_reward.default_backbone import PARITY_TOLERANCE
 from llava_reward.default_backbone import backbone_name
 from llava_reward.default_backbone import check_dependencies
+from llava_reward.loading import default_model_dir
 
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mjbench_quality"
@@ -77,17 +82,24 @@ def test_demo_builds_trains_evaluates_and_reports(demo_home):
     assert "cross-subset: training on human" in result.stderr and "holding out human" in result.stderr
 
     model_dir = home / "models" / MODEL_NAME
-    metrics = json.loads((model_dir / "metrics.json").read_text())
-    assert metrics["trained_on"] == {"human": 4, "objects_indoor": 4}
-    for subset, other in (("human", "objects_indoor"), ("objects_indoor", "human")):
-        held = metrics["held_out"][subset]
-        assert held["trained_on"] == [other] and held["num_pairs"] == 4
-        assert 0 <= held["accuracy_with_ties"] <= 1 and len(held["accuracy_with_ties_ci"]) == 2
-    assert metrics["settings"]["overrides"] == {"training.max_steps": 2} and metrics["settings"]["limit"] == 4
+    record = json.loads((model_dir / "demo.json").read_text())
+    assert record["trained_on"] == {"human": 4, "objects_indoor": 4}
+    assert record["settings"]["overrides"] == {"training.max_steps": 2} and record["settings"]["limit"] == 4
+    runs = json.loads((model_dir / "metrics.json").read_text())  # what cards and the Hub read
+    for run, (subset, other) in zip(runs, (("human", "objects_indoor"), ("objects_indoor", "human"))):
+        assert run["dataset_name"] == subset and run["trained_on"] == [other] and run["held_out"] is True
+        overall = run["results"]["overall"]
+        assert overall["num_pairs"] == 4 and 0 <= overall["accuracy_with_ties"] <= 1
+        assert len(overall["accuracy_with_ties_ci"]) == 2
     card = (model_dir / "README.md").read_text()
-    assert "fidelity" in card and "objects_indoor (held out)" in card
+    assert "fidelity" in card and "| mjbench (objects_indoor) | accuracy_with_ties |" in card
     assert "## About this default model" in card and "docs/default-model.md" in card
-    assert {"config.json", "reward_head.safetensors", "adapter_model.safetensors"} <= {p.name for p in model_dir.iterdir()}
+    results = ModelCard(card).data.eval_results  # the model-index of the held-out results
+    assert {(result.dataset_type, result.dataset_config) for result in results} == {
+        ("MJ-Bench/MJ-Bench", "human"), ("MJ-Bench/MJ-Bench", "objects_indoor")
+    }
+    assert {"config.json", "reward_head.safetensors", "lora"} <= {p.name for p in model_dir.iterdir()}
+    assert json.loads((model_dir / "config.json").read_text())["base_model"].startswith("llava-reward:backbones/")
     assert not list(model_dir.rglob("*.bin"))  # no pickles in the cached model
 
 
@@ -131,34 +143,79 @@ def test_second_run_reuses_the_cached_model(in_home, capsys):
     assert (in_home / "models" / MODEL_NAME / "reward_head.safetensors").stat().st_mtime_ns == before
 
 
-def test_score_and_compare_use_the_default_model(in_home, capsys):
-    chosen, rejected = (str(DATA / "human" / "examples_human" / name) for name in ("human_0.jpg", "human_0_edited_face.jpg"))
-    prompt = "A man wearing a gray hoodie and a black hat."
-    assert main(["score", "--prompt", prompt, chosen, rejected]) == 0
-    rewards = [json.loads(line)["reward"] for line in capsys.readouterr().out.splitlines()]
-    assert main(["compare", "--prompt", prompt, chosen, rejected]) == 0
+PAIR = [str(DATA / "human" / "examples_human" / name) for name in ("human_0.jpg", "human_0_edited_face.jpg")]
+PROMPT = "A man wearing a gray hoodie and a black hat."
+
+
+def test_score_and_compare_use_the_shipped_default_model(in_home, capsys):
+    # The backbone the demo built is where `llava_reward.load("default")` looks: the shipped weights go on it.
+    expected = llava_reward.load("default")(PROMPT, PAIR)
+    assert main(["score", "--prompt", PROMPT, *PAIR]) == 0
+    out, err = capsys.readouterr()
+    assert [json.loads(line)["reward"] for line in out.splitlines()] == pytest.approx(expected.tolist(), abs=1e-5)
+    assert "llava-reward score: model default: fidelity perspective, objective bt" in err
+    assert main(["compare", "--prompt", PROMPT, *PAIR]) == 0
     compared = json.loads(capsys.readouterr().out)
-    assert compared["reward_a"] == pytest.approx(rewards[0], abs=1e-5)
-    assert compared["reward_b"] == pytest.approx(rewards[1], abs=1e-5)
-    metrics = json.loads((in_home / "models" / MODEL_NAME / "metrics.json").read_text())
-    assert metrics["model"] == MODEL_NAME
+    assert [compared["reward_a"], compared["reward_b"]] == pytest.approx(expected.tolist(), abs=1e-5)
+
+
+def test_the_default_model_loads_by_every_route(in_home, tmp_path, monkeypatch):
+    from transformers import AutoModel
+    from transformers import AutoProcessor
+    from transformers import pipeline
+
+    monkeypatch.chdir(tmp_path)
+    expected = llava_reward.load("fidelity-default")(PROMPT, PAIR)
+    folder = default_model_dir()
+    model, processor = AutoModel.from_pretrained(folder), AutoProcessor.from_pretrained(folder)
+    with torch.no_grad():
+        torch.testing.assert_close(model(**processor(images=PAIR, text=[PROMPT] * 2)).rewards, expected, atol=1e-5, rtol=0)
+    results = pipeline("text-to-image-reward", model=str(folder))(PAIR, prompts=PROMPT)
+    assert [result["reward"] for result in results] == pytest.approx(expected.tolist(), abs=1e-5)
+    # Without the package (trust_remote_code), the default backbone must be given: it is this package that builds it.
+    backbone = in_home / "backbones" / backbone_name(112)
+    done = subprocess.run(
+        [sys.executable, "-c", WITHOUT_THE_PACKAGE, str(folder), str(backbone), PROMPT, *PAIR],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        env={"HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"), "PATH": "/usr/bin:/bin"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == pytest.approx(expected.tolist(), abs=1e-5)
+
+
+WITHOUT_THE_PACKAGE = """
+import importlib.abc, json, sys
+
+class BlockThePackage(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "llava_reward":
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)")
+
+sys.meta_path.insert(0, BlockThePackage())
+import torch
+from transformers import AutoModel, AutoProcessor
+folder, backbone, prompt, *images = sys.argv[1:]
+model = AutoModel.from_pretrained(folder, trust_remote_code=True, base_model=backbone)
+processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+with torch.no_grad():
+    print(json.dumps(model(**processor(images=images, text=[prompt] * len(images))).rewards.tolist()))
+"""
 
 
 # ---- errors (no model needed) ----------------------------------------------------------------------------------
 
 
-def test_score_without_a_default_model_names_the_command_that_makes_it(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("LLAVA_REWARD_HOME", str(tmp_path))
+def test_an_installation_without_the_default_model_says_how_to_make_one(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(loading, "DEFAULT_MODEL_DIR", tmp_path / "default_model")
     image = tmp_path / "image.png"
     from PIL import Image
 
     Image.new("RGB", (8, 8)).save(image)
     assert main(["score", "--prompt", "a cat", str(image)]) == 1
     message = capsys.readouterr().err.strip()
-    assert message == (
-        f"llava-reward score: error: no --model given and no default model in {tmp_path / 'models' / MODEL_NAME}: "
-        "create it with `llava-reward demo`."
-    )
+    assert message.startswith("llava-reward score: error: --model default: cannot load a LLaVA-Reward model: ")
+    assert f"no embedded default model ({tmp_path / 'default_model'} is missing)" in message
+    assert "llava-reward demo" in message and "\n" not in message
 
 
 def test_missing_data_names_the_flag(tmp_path, monkeypatch, capsys):

@@ -21,9 +21,7 @@ from llava_reward import LlavaRewardConfig
 from llava_reward import LlavaRewardModel
 from llava_reward import LlavaRewardScorer
 from llava_reward.hub_cards.testing import put_in_hub_cache
-from llava_reward.testing import save_tiny_vlm
 from llava_reward.testing import tiny_images
-from llava_reward.trainers.synthetic import write_colour_task
 
 
 PROMPTS = ["a red square", "a blue square", ""]
@@ -31,22 +29,8 @@ VENV_BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> dict[str, Path]:
-    """`llava-reward train --config tiny` outputs (LoRA, and full fine-tuning), as a user's command writes them."""
-    work = tmp_path_factory.mktemp("routes")
-    write_colour_task(work / "tiny-task", train_pairs=8, eval_pairs=2)
-    save_tiny_vlm("llava", work / "tiny-task" / "base")
-    quick = ["--max_steps", "2", "--eval_strategy", "no", "--save_strategy", "no", "--per_device_train_batch_size", "2"]
-    outputs = {}
-    for tuning in ("lora", "full"):
-        output = work / "tiny-task" / f"reward-{tuning}"
-        command = [str(VENV_BIN / "llava-reward"), "train", "--config", "tiny", "--tuning", tuning, "--output_dir",
-                   str(output), *quick]
-        done = subprocess.run(command, cwd=work, capture_output=True, text=True, timeout=600,
-                              env={**os.environ, "OMP_NUM_THREADS": "1"})
-        assert done.returncode == 0, done.stderr[-3000:]
-        outputs[tuning] = output
-    return outputs
+def trained(tiny_trained) -> dict[str, Path]:
+    return tiny_trained
 
 
 @pytest.fixture(scope="module")
