@@ -154,8 +154,10 @@ def test_converted_checkpoint_reproduces_the_original_math(family, tmp_path):
     )
     out = convert_original_checkpoint(source, base_dir, tmp_path / "converted" / "fidelity", published_image_size=False)
 
-    written = sorted(path.name for path in out.iterdir())
-    assert {"config.json", "reward_head.safetensors", "adapter_config.json", "adapter_model.safetensors"} <= set(written)
+    written = sorted(path.relative_to(out).as_posix() for path in out.rglob("*") if path.is_file())
+    assert {"config.json", "reward_head.safetensors", "lora/adapter_config.json", "lora/adapter_model.safetensors"} <= set(
+        written
+    )
     assert {"README.md", "conversion.json", "processor_config.json"} <= set(written)
     assert not [name for name in written if name.endswith((".bin", ".pt", ".pth", ".pkl"))]
     config = json.loads((out / "config.json").read_text())
