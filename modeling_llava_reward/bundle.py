@@ -38,6 +38,7 @@ from .modeling_llava_reward import ADAPTER_WEIGHTS
 from .modeling_llava_reward import LORA_FOLDER
 from .modeling_llava_reward import REWARD_HEAD_WEIGHTS
 from .modeling_llava_reward import LlavaRewardModel
+from .modeling_llava_reward import lora_folder
 
 
 METRICS_FILE = "metrics.json"  # evaluation results (`llava-reward evaluate`), shown in the model card
@@ -52,8 +53,13 @@ def unwrap(model) -> LlavaRewardModel:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def save_reward_bundle(model, output_dir: str | os.PathLike, processor=None) -> Path:
-    """Write an adapter perspective for `model` (a `LlavaRewardModel`, possibly inside a `PeftModel`)."""
+def save_reward_bundle(model, output_dir: str | os.PathLike, processor=None, state_dict=None) -> Path:
+    """Write an adapter perspective for `model` (a `LlavaRewardModel`, possibly inside a `PeftModel`).
+
+    `state_dict`: the trained parameters, whole and named as in `model.named_parameters()`, for a model whose own
+    parameters are shards (FSDP, DeepSpeed ZeRO-3 training gathers them first); by default they are read from
+    `model`. The files are the same either way.
+    """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     reward_model = unwrap(model)
@@ -64,10 +70,14 @@ def save_reward_bundle(model, output_dir: str | os.PathLike, processor=None) -> 
     # The modeling code files and `auto_map`, so that AutoModel loads the folder (also with trust_remote_code).
     custom_object_save(reward_model, output_dir, config=config)
     config.save_pretrained(output_dir)
-    head = {name: tensor.cpu() for name, tensor in reward_model.reward_head_state_dict().items()}
+    head = reward_model.reward_head_state_dict()
+    if state_dict is not None:
+        prefix = reward_model_prefix(model)
+        head = {name: state_dict[prefix + name].detach().contiguous() for name in head}
+    head = {name: tensor.cpu() for name, tensor in head.items()}
     save_file(head, output_dir / REWARD_HEAD_WEIGHTS, metadata={"format": "pt"})
     if reward_model is not model and hasattr(model, "peft_config"):
-        save_lora(model, output_dir / LORA_FOLDER, head, head_modules(reward_model))
+        save_lora(model, output_dir / LORA_FOLDER, head, head_modules(reward_model), state_dict=state_dict)
     if processor is not None:
         processor.save_pretrained(output_dir)
     return output_dir
@@ -86,10 +96,11 @@ def portable_base_reference(base_model: str | None, revision: str | None, saved_
     return (relative if relative.startswith("..") else f"./{relative}"), None
 
 
-def save_lora(peft_model, folder: Path, head: dict[str, torch.Tensor], modules: list[str]) -> None:
+def save_lora(peft_model, folder: Path, head: dict[str, torch.Tensor], modules: list[str], state_dict=None) -> None:
     """The PEFT adapter of `peft_model` in `folder`, with the head as `modules_to_save`: PEFT's own loaders then
-    restore the whole perspective, not the LoRA weights alone (which would give another reward)."""
-    peft_model.save_pretrained(folder)
+    restore the whole perspective, not the LoRA weights alone (which would give another reward). `state_dict`: as in
+    `save_reward_bundle` (PEFT picks the LoRA weights out of it)."""
+    peft_model.save_pretrained(folder, state_dict=state_dict)
     (folder / PEFT_CARD).unlink(missing_ok=True)
     weights = load_file(folder / ADAPTER_WEIGHTS)
     weights.update({f"base_model.model.{name}": tensor for name, tensor in head.items()})
@@ -97,6 +108,43 @@ def save_lora(peft_model, folder: Path, head: dict[str, torch.Tensor], modules: 
     config = json.loads((folder / ADAPTER_CONFIG).read_text())
     config["modules_to_save"] = modules
     (folder / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def reward_model_prefix(model) -> str:
+    """Where the `LlavaRewardModel` sits in `model`'s parameter names: `"base_model.model."` in a `PeftModel`, `""`
+    for the model itself."""
+    reward_model = unwrap(model)
+    name = next(name for name, module in model.named_modules() if module is reward_model)
+    return f"{name}." if name else ""
+
+
+def reward_bundle_state_dict(model, path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The trained tensors of the adapter perspective at `path`, named as in `model.named_parameters()`: the inverse of
+    `save_reward_bundle(model, path)` for the same `model` (a `LlavaRewardModel`, possibly inside a `PeftModel`).
+
+    Nothing is loaded into `model`, whose parameters may be shards (resuming FSDP or ZeRO-3 training). The LoRA
+    weights come from `lora/`, without the head's `modules_to_save` copy (`reward_head.safetensors` is read).
+    """
+    path = Path(path)
+    prefix = reward_model_prefix(model)
+    state_dict = {prefix + name: tensor for name, tensor in load_file(path / REWARD_HEAD_WEIGHTS).items()}
+    lora = lora_folder(path)
+    if lora is not None and hasattr(model, "peft_config"):
+        from peft import get_peft_model_state_dict
+
+        # PEFT renames parameters when it saves them (it drops the adapter name): ask it for each name's saved key
+        # by handing it the parameters' indices instead of their values.
+        names = [name for name, _ in model.named_parameters()]
+        saved_as = get_peft_model_state_dict(model, state_dict={name: torch.tensor(i) for i, name in enumerate(names)})
+        adapter = {key: value for key, value in load_file(lora / ADAPTER_WEIGHTS).items() if "lora_" in key}
+        missing, unexpected = saved_as.keys() - adapter.keys(), adapter.keys() - saved_as.keys()
+        if missing or unexpected:
+            raise ValueError(
+                f"{lora / ADAPTER_WEIGHTS} does not match the model's LoRA adapter: missing {sorted(missing)[:5]}, "
+                f"unexpected {sorted(unexpected)[:5]}."
+            )
+        state_dict.update({names[int(index)]: adapter[key] for key, index in saved_as.items()})
+    return state_dict
 
 
 def head_modules(model: LlavaRewardModel) -> list[str]:
@@ -132,6 +180,8 @@ __all__ = [
     "head_modules",
     "portable_base_reference",
     "is_adapter_bundle",
+    "reward_bundle_state_dict",
+    "reward_model_prefix",
     "model_folder",
     "save_reward_bundle",
     "unwrap",

@@ -17,7 +17,6 @@ from dataclasses import field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from transformers import set_seed
 from transformers.trainer import TRAINING_ARGS_NAME
 from trl import RewardConfig
@@ -28,11 +27,10 @@ from trl.trainer.utils import disable_dropout_in_model
 from llava_reward import LlavaRewardModel
 from llava_reward import LlavaRewardProcessor
 from llava_reward.bundle import REWARD_HEAD_WEIGHTS
+from llava_reward.bundle import reward_bundle_state_dict
 from llava_reward.bundle import save_reward_bundle
 from llava_reward.bundle import unwrap
 from llava_reward.data_formats import IMAGE_FIELDS
-from llava_reward.modeling_llava_reward import ADAPTER_WEIGHTS
-from llava_reward.modeling_llava_reward import lora_folder
 from llava_reward.objectives import Objective
 from llava_reward.objectives import get_objective
 from llava_reward.objectives import names_with
@@ -42,6 +40,13 @@ from llava_reward.provenance import write_training_data
 from .data import LABELLED_COLUMNS
 from .data import PAIR_COLUMNS
 from .data import LlavaRewardDataCollator
+from .distributed import enable_fsdp_on_cpu
+from .distributed import fsdp_requested
+from .distributed import gather_trainable_state_dict
+from .distributed import load_trainable_state_dict
+from .distributed import parameter_numel
+from .distributed import set_fsdp_wrap_classes
+from .distributed import sharding
 
 
 logger = logging.getLogger(__name__)
@@ -186,7 +191,7 @@ def head_parameters(model: LlavaRewardModel, projector: bool = True) -> list[tor
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts (PEFT's LoRA weights included)."""
     parameters = list(model.parameters())
-    return sum(p.numel() for p in parameters if p.requires_grad), sum(p.numel() for p in parameters)
+    return sum(parameter_numel(p) for p in parameters if p.requires_grad), sum(parameter_numel(p) for p in parameters)
 
 
 # The contract of `LlavaRewardTrainer` with TRL's `RewardTrainer` (tests/test_trainer_contract.py fails loudly when a
@@ -279,11 +284,10 @@ class LlavaRewardTrainer(RewardTrainer):
             optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
             preprocess_logits_for_metrics=preprocess_logits_for_metrics,
         )
-        if args.tuning != "full" and (self.is_fsdp_enabled or _is_zero3(self.accelerator)):
-            raise ValueError(
-                f"tuning={args.tuning!r} saves an adapter bundle from whole parameters, which FSDP and DeepSpeed "
-                "ZeRO-3 shard: use DDP or ZeRO-2 (configuration/accelerate/), or tuning='full'."
-            )
+        if self.is_fsdp_enabled:
+            if args.tuning != "full" and self.accelerator.state.fsdp_plugin.fsdp_version != 2:
+                raise ValueError(f"tuning={args.tuning!r} under FSDP needs fsdp_version 2 (FSDP2), not FSDP1.")
+            set_fsdp_wrap_classes(self.accelerator, self.model)
         # REWARD_TRAINER_STATE: what RewardTrainer's inherited methods (training_step, log, evaluate) read.
         self.can_return_loss = True  # evaluation calls compute_loss although there are no labels
         self.label_names = []
@@ -319,6 +323,12 @@ class LlavaRewardTrainer(RewardTrainer):
             f"The {dataset_name} data must have columns (prompt, chosen, rejected) or (prompt, image, label); got "
             f"{sorted(columns)}. `trainers.data.load_preference_data` converts the supported formats."
         )
+
+    def create_accelerator_and_postprocess(self):
+        super().create_accelerator_and_postprocess()
+        # On CPU, accelerate drops an FSDP plugin and trains with DDP without a word: switch it to FSDP2.
+        if fsdp_requested(self.args) and enable_fsdp_on_cpu(self.accelerator, self.args.fsdp_plugin_args):
+            self.is_fsdp_enabled = True
 
     def _set_signature_columns_if_needed(self):
         if self._signature_columns is None:
@@ -362,12 +372,21 @@ class LlavaRewardTrainer(RewardTrainer):
 
     # ---- checkpoints: an adapter bundle (LoRA + head), or the full model ----------------------------------------
 
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        if self.args.tuning == "full" or not sharding(self.accelerator):
+            return super().save_model(output_dir, _internal_call)
+        # FSDP / ZeRO-3: every process gathers the trainable parameters (the bundle's; never the frozen backbone, which
+        # the Trainer's own FSDP and ZeRO-3 paths would gather whole or skip), and `_save` writes them on one.
+        self._save(output_dir, state_dict=gather_trainable_state_dict(self.model, self.accelerator))
+        if self.args.push_to_hub and not _internal_call:
+            self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
+
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         output_dir = output_dir or self.args.output_dir
         if self.args.tuning == "full":
             super()._save(output_dir, state_dict)
-        elif self.args.should_save:
-            save_reward_bundle(self.model, output_dir, self.processing_class)
+        elif self.args.should_save:  # `state_dict`: the trained tensors, whole, where the Trainer gathered them
+            save_reward_bundle(self.model, output_dir, self.processing_class, state_dict=state_dict)
             torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
         if self.args.should_save:  # what the model saw, for evaluations to tell held-out numbers from others
             write_training_data(output_dir, self.training_fingerprints, sources=self.data_sources)
@@ -383,14 +402,9 @@ class LlavaRewardTrainer(RewardTrainer):
         head_file = Path(resume_from_checkpoint) / REWARD_HEAD_WEIGHTS
         if not head_file.is_file():  # a full fine-tuning checkpoint
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        # The bundle's whole tensors (LoRA from lora/, the head) into the parameters, which FSDP may have sharded.
         model = model or self.model
-        lora = lora_folder(resume_from_checkpoint)
-        if lora is not None:
-            from peft import set_peft_model_state_dict
-
-            weights = load_file(lora / ADAPTER_WEIGHTS)
-            set_peft_model_state_dict(model, {name: value for name, value in weights.items() if "lora_" in name})
-        unwrap(model).load_reward_head(head_file)
+        load_trainable_state_dict(model, reward_bundle_state_dict(model, resume_from_checkpoint), self.accelerator)
 
     def _load_best_model(self) -> None:
         if self.args.tuning == "full":
@@ -401,11 +415,6 @@ class LlavaRewardTrainer(RewardTrainer):
         # TRL writes its text-reward-model card into every checkpoint; a perspective's card is written by
         # `hub_cards` when it is shared.
         return None
-
-
-def _is_zero3(accelerator) -> bool:
-    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
-    return plugin is not None and plugin.zero_stage == 3
 
 
 def _align_objective(model: LlavaRewardModel, args: LlavaRewardTrainingConfig) -> tuple[Objective, float]:
