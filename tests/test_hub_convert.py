@@ -164,7 +164,7 @@ def test_converted_checkpoint_reproduces_the_original_math(family, tmp_path):
     assert config["perspective"] == "fidelity"  # read from the published folder's path
     assert config["objective"] == ("gpm" if case["gpm"] else "bt") and config["reward_dim"] == (2 if case["gpm"] else 1)
     assert config["head"] == ("skipca" if family == "qwen2_5_vl" else "linear") and config["tau"] == 0.1
-    assert config["base_model"] == str(base_dir)
+    assert (out / config["base_model"]).resolve() == base_dir.resolve()  # recorded relative to the converted folder
 
     scorer = LlavaRewardScorer.from_pretrained(out)
     images = tiny_images(2, [(32, 32), (24, 40)], seed=5)
