@@ -10,6 +10,8 @@ expects).
 import inspect
 import json
 import logging
+import threading
+import weakref
 from pathlib import Path
 
 import transformers
@@ -23,6 +25,18 @@ from .image_inputs import load_images
 
 
 logger = logging.getLogger(__name__)
+
+# A transformers fast tokenizer keeps its padding and truncation settings on the shared Rust object and changes them
+# at every call, so concurrent calls pad each other's batches wrongly or fail ("Already borrowed"). Calls that
+# tokenize hold their tokenizer's lock (kept here, not on the processor: a processor must stay copyable/picklable).
+_TOKENIZER_LOCKS: "weakref.WeakKeyDictionary[object, threading.Lock]" = weakref.WeakKeyDictionary()
+_TOKENIZER_LOCKS_GUARD = threading.Lock()
+
+
+def tokenizer_lock(tokenizer) -> threading.Lock:
+    """The lock that serialises the calls of `tokenizer` (one per tokenizer object)."""
+    with _TOKENIZER_LOCKS_GUARD:
+        return _TOKENIZER_LOCKS.setdefault(tokenizer, threading.Lock())
 
 
 def without_video(processor_class: type[ProcessorMixin]) -> type[ProcessorMixin]:
@@ -161,14 +175,15 @@ class LlavaRewardProcessor(ProcessorMixin):
         texts = [self.build_text(self.truncate_prompt(prompt, index)) for index, prompt in enumerate(prompts)]
         kwargs.setdefault("do_convert_rgb", False)  # load_images made them RGB: the image processor would copy them
         try:
-            return self.vlm_processor(
-                text=texts,
-                images=[[image] for image in images],
-                return_tensors=return_tensors,
-                padding=True,
-                add_special_tokens=self.prompt_template is not None,  # a chat template writes its own BOS
-                **kwargs,
-            )
+            with tokenizer_lock(self.tokenizer):
+                return self.vlm_processor(
+                    text=texts,
+                    images=[[image] for image in images],
+                    return_tensors=return_tensors,
+                    padding=True,
+                    add_special_tokens=self.prompt_template is not None,  # a chat template writes its own BOS
+                    **kwargs,
+                )
         except ValueError:
             self._check_each_image(images)  # an image the family's image processor refuses (e.g. Qwen: ratio > 200)
             raise
@@ -226,16 +241,21 @@ class LlavaRewardProcessor(ProcessorMixin):
             self.max_prompt_tokens,
         )
         kept = token_ids[: self.max_prompt_tokens]
-        text = self.tokenizer.decode(kept)
+        text = self._decode(kept)
         # A cut inside a multi-byte character decodes to U+FFFD, which is not in the prompt and may re-tokenize
         # longer than the bytes it replaced: back off to the last whole character.
         while kept and not self._is_clean_cut(text, prompt):
             kept = kept[:-1]
-            text = self.tokenizer.decode(kept)
+            text = self._decode(kept)
         return text
 
     def _prompt_token_ids(self, prompt: str) -> list[int]:
-        return self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        with tokenizer_lock(self.tokenizer):
+            return self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+
+    def _decode(self, token_ids: list[int]) -> str:
+        with tokenizer_lock(self.tokenizer):
+            return self.tokenizer.decode(token_ids)
 
     def _is_clean_cut(self, text: str, prompt: str) -> bool:
         """Whether `text`, a truncation of `prompt`, fits in `max_prompt_tokens` and ends on a whole character."""
