@@ -51,7 +51,7 @@ def load_image(image, index: int = 0) -> Image.Image:
     if isinstance(image, (bytes, bytearray, memoryview)):
         return _open(io.BytesIO(bytes(image)), f"image {index} (bytes)")
     if isinstance(image, Image.Image):
-        return _to_rgb(_first_frame(image))
+        return _to_rgb(_first_frame(image), f"image {index}")
     if isinstance(image, torch.Tensor):
         image = image.detach().cpu()
         array = (image.float() if image.is_floating_point() else image).numpy()  # numpy has no bfloat16
@@ -85,7 +85,7 @@ def _open(source, label: str, path=None) -> Image.Image:
         raise InputError(f"{label}: not an image file Pillow can read.") from None
     except OSError as error:  # truncated or corrupt data
         raise InputError(f"{label}: the image data is corrupt or truncated ({error}).") from None
-    return _to_rgb(image)
+    return _to_rgb(image, label)
 
 
 def _first_frame(image: Image.Image) -> Image.Image:
@@ -96,9 +96,13 @@ def _first_frame(image: Image.Image) -> Image.Image:
     return ImageOps.exif_transpose(image)
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
+def _to_rgb(image: Image.Image, label: str) -> Image.Image:
     if image.mode == "RGB":
         return image
+    if image.mode == "F":
+        # 32-bit float pixels (e.g. a float TIFF): convert() clips them to 0..255, so values in [0, 1] became black.
+        # Read as a float array: values in [0, 1] scale to 0..255 like float arrays do; any other range is refused.
+        return _from_array(np.asarray(image, dtype=np.float32), f"{label} (32-bit float pixels)", channels_first=False)
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         # 16/32-bit grey: scale to 8 bits instead of letting convert() clip everything above 255 to white.
         values = np.asarray(image, dtype=np.float64)
@@ -136,4 +140,4 @@ def _from_array(array: np.ndarray, label: str, channels_first: bool) -> Image.Im
         array = np.round(array * 255.0).astype(np.uint8)
     if array.shape[-1] == 1:
         array = array[..., 0]  # Pillow infers L, RGB or RGBA from the shape
-    return _to_rgb(Image.fromarray(np.ascontiguousarray(array)))
+    return _to_rgb(Image.fromarray(np.ascontiguousarray(array)), label)
