@@ -12,6 +12,9 @@ import json
 import logging
 import threading
 import weakref
+from collections.abc import Iterable
+from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 
 import transformers
@@ -201,7 +204,16 @@ class LlavaRewardProcessor(ProcessorMixin):
 
     def pair(self, prompts, images: list) -> tuple[list[str], list]:
         """Element-wise pairing; a single prompt is broadcast to every image. Never a cross product."""
-        prompts = [prompts] if isinstance(prompts, (str, bytes)) else list(prompts)
+        if isinstance(prompts, (str, bytes)):
+            prompts = [prompts]
+        elif isinstance(prompts, (Mapping, AbstractSet)) or not isinstance(prompts, Iterable):
+            # A dict would pair its keys with the images, a set in no particular order; None is no prompt at all.
+            raise InputError(
+                f"prompts: expected a string (one prompt for all images) or a list of strings (one per image), got "
+                f"{type(prompts).__name__}."
+            )
+        else:
+            prompts = list(prompts)
         if len(prompts) == 1 and len(images) > 1:
             prompts = prompts * len(images)
         if len(prompts) != len(images) or not images:

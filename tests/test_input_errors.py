@@ -67,3 +67,19 @@ def test_a_float_image_outside_0_1_is_refused_naming_the_file(values, message, t
     Image.fromarray(values, mode="F").save(tmp_path / "float.tif")
     with pytest.raises(InputError, match=rf"^image 0 \({tmp_path / 'float.tif'}\) \(32-bit float pixels\): {message}"):
         load_image(tmp_path / "float.tif")
+
+
+# ----------------------------------------------------------------------------- case 6: prompts that are no prompts
+
+
+@pytest.mark.parametrize("prompts", [{"a": 1}, None, {"a red cat"}, 3], ids=["dict", "None", "set", "int"])
+def test_prompts_that_are_not_a_string_or_a_list_raise_input_error(scorer, prompts):
+    with pytest.raises(InputError, match=rf"^prompts: expected a string .* got {type(prompts).__name__}\.$"):
+        scorer.score(prompts, tiny_images(1))
+
+
+def test_a_tuple_or_generator_of_prompts_still_scores(scorer):
+    images = tiny_images(2)
+    expected = scorer.score(["a cat", "a dog"], images)
+    assert torch.equal(scorer.score(("a cat", "a dog"), images), expected)
+    assert torch.equal(scorer.score((prompt for prompt in ["a cat", "a dog"]), images), expected)
