@@ -205,9 +205,10 @@ def read_rows(source, image_root: str | None = None) -> list[Row | BadRow]:
     is not found, becomes a `BadRow` saying why."""
     from llava_reward.data_formats import read_rows as read_source
     from llava_reward.image_inputs import InputError
+    from llava_reward.image_inputs import missing_path_problem
 
     if isinstance(source, (str, Path)) and Path(source).suffix and not Path(source).exists():
-        raise UserInputError(f"--input {source}: file not found.")
+        raise UserInputError(f"--input {source}: {missing_path_problem(source, 'file not found')}.")
     if image_root is not None and not Path(image_root).is_dir():
         raise UserInputError(f"--image-root {image_root}: no such folder.")
     try:

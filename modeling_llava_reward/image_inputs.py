@@ -11,6 +11,7 @@ Example:
     [(6, 4)]
 """
 
+import errno
 import io
 import os
 import warnings
@@ -25,6 +26,24 @@ from PIL import UnidentifiedImageError
 
 class InputError(ValueError):
     """An input the user gave cannot be used; the message names which one (index or file) and why."""
+
+
+def missing_path_problem(path: str | os.PathLike, missing: str = "not found") -> str:
+    """Why a path a user named does not exist: `missing` when there is nothing there, or the broken symbolic link it
+    is (a loop, or a link to nothing), so that the message says what to fix.
+
+    Example:
+        >>> missing_path_problem("/no/such/file", "file not found")
+        'file not found'
+    """
+    try:
+        os.stat(path)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return "a symbolic link loop (its links lead back to a link already followed)"
+        if os.path.islink(path):
+            return f"a broken symbolic link (to {os.readlink(path)!r}, which does not exist)"
+    return missing
 
 
 def load_images(images) -> list[Image.Image]:
@@ -51,6 +70,8 @@ def load_image(image, index: int = 0) -> Image.Image:
     if isinstance(image, (bytes, bytearray, memoryview)):
         return _open(io.BytesIO(bytes(image)), f"image {index} (bytes)")
     if isinstance(image, Image.Image):
+        if 0 in image.size:
+            raise InputError(f"image {index}: the image has no pixels ({image.width}x{image.height}).")
         return _to_rgb(_first_frame(image), f"image {index}")
     if isinstance(image, torch.Tensor):
         image = image.detach().cpu()
@@ -67,7 +88,7 @@ def load_image(image, index: int = 0) -> Image.Image:
 def _open(source, label: str, path=None) -> Image.Image:
     if path is not None:
         if not os.path.exists(path):
-            raise InputError(f"{label}: file not found.")
+            raise InputError(f"{label}: {missing_path_problem(path, 'file not found')}.")
         if os.path.isdir(path):
             raise InputError(f"{label}: is a folder, not an image file.")
         if os.path.getsize(path) == 0:
@@ -126,6 +147,8 @@ def _from_array(array: np.ndarray, label: str, channels_first: bool) -> Image.Im
     if array.ndim != 3 or array.shape[-1] not in (1, 3, 4):
         layout = "CHW" if channels_first else "HWC"
         raise InputError(f"{label}: expected {layout} with 1, 3 or 4 channels, got shape {given_shape}.")
+    if 0 in array.shape[:2]:
+        raise InputError(f"{label}: the image has no pixels (shape {given_shape}).")
     if array.dtype != np.uint8:
         if not np.issubdtype(array.dtype, np.floating):
             raise InputError(f"{label}: expected uint8 or float values, got dtype {array.dtype}.")

@@ -83,3 +83,42 @@ def test_a_tuple_or_generator_of_prompts_still_scores(scorer):
     expected = scorer.score(["a cat", "a dog"], images)
     assert torch.equal(scorer.score(("a cat", "a dog"), images), expected)
     assert torch.equal(scorer.score((prompt for prompt in ["a cat", "a dog"]), images), expected)
+
+
+# ----------------------------------------------------------------------------- case 11: empty images, link loops
+
+
+@pytest.mark.parametrize(
+    "image", [torch.zeros(3, 0, 0), torch.zeros(3, 0, 5, dtype=torch.uint8), np.zeros((0, 4, 3), dtype=np.float32)],
+    ids=["float (3, 0, 0)", "uint8 (3, 0, 5)", "array (0, 4, 3)"],
+)
+def test_an_image_without_pixels_is_an_input_error(scorer, image):
+    with pytest.raises(InputError, match=r"^image 1 \((tensor|array)\): the image has no pixels \(shape \("):
+        scorer.score("a cat", [tiny_images(1)[0], image])
+
+
+def test_a_pil_image_without_pixels_is_an_input_error(scorer):
+    with pytest.raises(InputError, match=r"^image 0: the image has no pixels \(0x0\)"):
+        scorer.score("a cat", [Image.new("RGB", (0, 0))])
+
+
+def test_a_symbolic_link_loop_is_named_as_such(scorer, loop, tmp_path):
+    with pytest.raises(InputError, match=rf"^image 0 \({loop}\): a symbolic link loop"):
+        scorer.score("a cat", [loop])
+
+    tiny_images(1)[0].save(tmp_path / "ok.png")
+    (tmp_path / "pairs.json").write_text(json.dumps([{"prompt": "p", "chosen_path": "a.png", "reject_path": "ok.png"}]))
+    assert [str(bad) for bad in read_rows(tmp_path / "pairs.json").bad_rows] == [
+        "row 0: 'chosen_path': image file 'a.png' is a symbolic link loop (its links lead back to a link already "
+        "followed)."
+    ]
+    with pytest.raises(InputError, match=rf"^{loop}: a symbolic link loop"):
+        read_rows(loop)
+    with pytest.raises(RecipeError, match=rf"^Recipe {loop}: a symbolic link loop"):
+        load_recipe(loop)
+
+
+def test_a_broken_link_names_its_target(scorer, tmp_path):
+    os.symlink(tmp_path / "gone.png", tmp_path / "link.png")
+    with pytest.raises(InputError, match=r"link\.png\): a broken symbolic link \(to '.*gone\.png', which does not exist\)"):
+        scorer.score("a cat", [tmp_path / "link.png"])

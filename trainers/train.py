@@ -99,7 +99,9 @@ def load_recipe(path, overrides: dict | None = None) -> Recipe:
 
     path = Path(path)
     if not path.is_file():
-        raise RecipeError(f"Recipe {path} not found.")
+        from llava_reward.image_inputs import missing_path_problem
+
+        raise RecipeError(f"Recipe {path}: {missing_path_problem(path)}.")
     raw = yaml.load(path.read_text(), Loader=RecipeLoader) or {}
     if not isinstance(raw, dict) or set(raw) - set(SECTIONS):
         raise RecipeError(f"{path}: the top level must be a mapping with sections {list(SECTIONS)}, got {list(raw)}.")
