@@ -18,9 +18,11 @@ import json
 import os
 import secrets
 import shutil
+import stat
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -67,6 +69,41 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     return path
 
 
+@contextmanager
+def replacing(path: str | os.PathLike, *, keep_partial: bool = False):
+    """Write the new content of `path` into the text file (UTF-8) this yields; it replaces `path` (a rename) only
+    when the block completes, so that a failure or an interruption never leaves `path` truncated or half-written.
+
+    The new content goes to `<name>.partial-<random>` beside `path` (the yielded file's `name`), created with the
+    permissions of the file it replaces (or, for a new file, those any new file gets). When the block raises, the
+    partial file is deleted, or, with `keep_partial` and something written, kept for the caller to point the user to.
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> path = Path(tempfile.mkdtemp()) / "scores.jsonl"
+        >>> with replacing(path) as file:
+        ...     _ = file.write("{}\n")
+        >>> path.read_text()
+        '{}\n'
+    """
+    path = Path(path)
+    partial = path.with_name(f"{path.name}.partial-{secrets.token_hex(4)}")
+    file = open(partial, "x", encoding="utf-8")  # "x": never a file that is already there; the umask applies
+    try:
+        with file:
+            if path.exists():
+                os.fchmod(file.fileno(), stat.S_IMODE(path.stat().st_mode))
+            yield file
+            file.flush()
+            os.fsync(file.fileno())
+    except BaseException:
+        if not keep_partial or partial.stat().st_size == 0:
+            partial.unlink(missing_ok=True)
+        raise
+    os.replace(partial, path)
+
+
 def write_json(path: str | os.PathLike, payload) -> Path:
     """`payload` as indented JSON at `path`, written atomically (`write_text`)."""
     return write_text(path, json.dumps(payload, indent=2) + "\n")
@@ -83,4 +120,4 @@ def reporter(label: str, enabled: bool = True, start: float | None = None):
     return say
 
 
-__all__ = ["publish", "reporter", "staging_dir", "write_json", "write_text"]
+__all__ = ["publish", "replacing", "reporter", "staging_dir", "write_json", "write_text"]
