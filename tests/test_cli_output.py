@@ -10,7 +10,10 @@ import contextlib
 import io
 import json
 import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -115,3 +118,24 @@ def test_output_onto_a_folder_is_refused_before_the_model_loads(model, tmp_path)
     rows = write_rows(tmp_path, 1)
     code, stderr = run("score", "--model", tmp_path / "no-model", "--input", rows, "--output", tmp_path)
     assert code == 1 and f"--output {tmp_path}: is a folder; name the file to write." in stderr
+
+
+def test_ctrl_c_leaves_the_old_output(model, tmp_path):
+    rows = write_rows(tmp_path, 400)
+    output = tmp_path / "out.jsonl"
+    output.write_text(OLD)
+    process = subprocess.Popen(
+        [LLAVA_REWARD, "score", "--model", model, "--input", rows, "--output", output, "--batch-size", "1"],
+        stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    deadline = time.monotonic() + 120
+    while not any(path.stat().st_size for path in partial_files(tmp_path)) and time.monotonic() < deadline:
+        time.sleep(0.2)  # until the first rows are written
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr and "llava-reward score: interrupted" in stderr
+    assert output.read_text() == OLD
+    [partial] = partial_files(tmp_path)
+    assert f"the lines written before it stopped are in {partial}" in stderr
