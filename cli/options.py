@@ -62,6 +62,33 @@ def load_scorer(args: argparse.Namespace):
         raise UserInputError(f"--model {args.model}: cannot load a LLaVA-Reward model: {error}") from None
 
 
+def check_device(args: argparse.Namespace) -> None:
+    """`UserInputError` when `--device` names a device this torch build or machine does not have (`cuda` on a
+    CPU-only build, `cuda:3` on a 2-GPU machine), before any model loads."""
+    import torch
+
+    if not args.device:
+        return
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        return  # a malformed name: `load_scorer` reports it
+    if device.type in ("cpu", "meta"):
+        return
+    backend = getattr(torch, device.type, None)
+    if device.type == "mps":
+        backend = torch.backends.mps
+    if backend is None or not backend.is_available():
+        build = "a CPU-only build" if device.type == "cuda" and torch.version.cuda is None else "this build"
+        raise UserInputError(
+            f"--device {args.device}: no {device.type} device is available (torch {torch.__version__}, {build}); "
+            "use --device cpu."
+        )
+    count = getattr(backend, "device_count", lambda: 1)()
+    if device.index is not None and device.index >= count:
+        raise UserInputError(f"--device {args.device}: this machine has {count} {device.type} device(s), numbered from 0.")
+
+
 def progress_option(args: argparse.Namespace) -> bool | None:
     """False when asked for no progress bar; None lets the bar decide (shown on a terminal only)."""
     return False if args.no_progress else None

@@ -38,6 +38,7 @@ from llava_reward.objectives import names_with
 
 from .errors import UserInputError
 from .options import DTYPES
+from .options import check_device
 from .options import load_scorer
 from .options import positive_int
 from .options import progress_option
@@ -107,6 +108,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     file_run = FileRun(args, read_rows(args.input, args.image_root)) if args.input else None
     if args.output is not None:
         _check_output_is_no_input(args.output, _input_files(args, file_run))
+    check_device(args)
     with _open_output(args.output, args.command) as output:  # before the model loads: an unwritable path fails fast
         scorer = load_scorer(args)
         if args.command == "compare" and not get_objective(scorer.objective).pairwise:

@@ -25,6 +25,29 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from .image_inputs import InputError
+from .image_inputs import missing_path_problem
+
+
+def make_folder(path: str | os.PathLike) -> Path:
+    """Create the output folder `path` (and its parents) if needed; `InputError` saying why it cannot be one.
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> make_folder(Path(tempfile.mkdtemp()) / "eval" / "run-1").is_dir()
+        True
+    """
+    path = Path(path)
+    if os.path.lexists(path) and not path.is_dir():
+        what = "a file" if path.exists() else missing_path_problem(path)
+        raise InputError(f"{path}: cannot be the output folder: it is {what}, not a folder.")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # a file where a parent folder should be, no permission, a read-only file system
+        raise InputError(f"{path}: cannot create the output folder ({error.strerror}).") from None
+    return path
+
 
 def staging_dir(target: str | os.PathLike) -> Path:
     """A new empty folder beside `target` (same file system, so that `publish` is a rename), named after it."""
@@ -120,4 +143,4 @@ def reporter(label: str, enabled: bool = True, start: float | None = None):
     return say
 
 
-__all__ = ["publish", "replacing", "reporter", "staging_dir", "write_json", "write_text"]
+__all__ = ["make_folder", "publish", "replacing", "reporter", "staging_dir", "write_json", "write_text"]
