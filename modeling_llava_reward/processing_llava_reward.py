@@ -221,23 +221,26 @@ class LlavaRewardProcessor(ProcessorMixin):
                 f"Got {len(prompts)} prompts and {len(images)} images: pass one prompt per image, or one prompt "
                 "for all images."
             )
-        return [self._check_prompt(prompt, index) for index, prompt in enumerate(prompts)], images
+        return [self.check_prompt(prompt, index) for index, prompt in enumerate(prompts)], images
 
-    def _check_prompt(self, prompt, index: int) -> str:
+    def check_prompt(self, prompt, index: int = 0, *, name: str | None = None) -> str:
+        """`prompt` as a string the reward model can read; `InputError` naming it (`name`, default `prompt {index}`)
+        when it is not text, not valid UTF-8, or holds one of the tokenizer's special tokens."""
+        name = name or f"prompt {index}"
         if isinstance(prompt, bytes):
             try:
                 prompt = prompt.decode("utf-8")
             except UnicodeDecodeError as error:
-                raise InputError(f"prompt {index}: not valid UTF-8 ({error}).") from None
+                raise InputError(f"{name}: not valid UTF-8 ({error}).") from None
         if not isinstance(prompt, str):
-            raise InputError(f"prompt {index}: expected a string, got {type(prompt).__name__}.")
+            raise InputError(f"{name}: expected a string, got {type(prompt).__name__}.")
         try:
             prompt.encode("utf-8")
         except UnicodeEncodeError as error:
-            raise InputError(f"prompt {index}: contains characters that are not valid Unicode ({error}).") from None
+            raise InputError(f"{name}: contains characters that are not valid Unicode ({error}).") from None
         for token in self._special_tokens:
             if token in prompt:
-                raise InputError(f"prompt {index}: contains the tokenizer's special token {token!r}.")
+                raise InputError(f"{name}: contains the tokenizer's special token {token!r}.")
         return prompt
 
     def truncate_prompt(self, prompt: str, index: int = 0, *, name: str | None = None) -> str:
