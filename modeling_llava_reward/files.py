@@ -93,9 +93,10 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 
 
 @contextmanager
-def replacing(path: str | os.PathLike, *, keep_partial: bool = False):
-    """Write the new content of `path` into the text file (UTF-8) this yields; it replaces `path` (a rename) only
-    when the block completes, so that a failure or an interruption never leaves `path` truncated or half-written.
+def replacing(path: str | os.PathLike, *, keep_partial: bool = False, binary: bool = False):
+    """Write the new content of `path` into the file this yields (text in UTF-8, or bytes with `binary`); it replaces
+    `path` (a rename) only when the block completes, so that a failure or an interruption never leaves `path`
+    truncated or half-written.
 
     The new content goes to `<name>.partial-<random>` beside `path` (the yielded file's `name`), created with the
     permissions of the file it replaces (or, for a new file, those any new file gets). When the block raises, the
@@ -112,7 +113,8 @@ def replacing(path: str | os.PathLike, *, keep_partial: bool = False):
     """
     path = Path(path)
     partial = path.with_name(f"{path.name}.partial-{secrets.token_hex(4)}")
-    file = open(partial, "x", encoding="utf-8")  # "x": never a file that is already there; the umask applies
+    # "x": never a file that is already there; the umask applies, as to any new file.
+    file = open(partial, "xb") if binary else open(partial, "x", encoding="utf-8")
     try:
         with file:
             if path.exists():
