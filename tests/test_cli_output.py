@@ -3,17 +3,13 @@
 F used to be truncated when the run started: a run that failed at row 9 left F with rows 0-7 only, and `--output`
 equal to `--input` destroyed the input. F is now written through a partial file beside it and replaced only when the
 run succeeds; a failed run says where the lines it wrote are. These run `main(argv)` in this process (what the
-console script runs); the interrupted run is a real subprocess stopped by SIGINT.
+console script runs); the interrupted run gets a real SIGINT (Ctrl-C).
 """
 
 import contextlib
 import io
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -27,7 +23,6 @@ from llava_reward.testing import tiny_vlm
 from llava_reward.testing import write_bad_image_files
 
 
-LLAVA_REWARD = Path(sys.executable).parent / "llava-reward"
 OLD = '{"an old result": "the user keeps it"}\n'
 
 
@@ -120,22 +115,16 @@ def test_output_onto_a_folder_is_refused_before_the_model_loads(model, tmp_path)
     assert code == 1 and f"--output {tmp_path}: is a folder; name the file to write." in stderr
 
 
-def test_ctrl_c_leaves_the_old_output(model, tmp_path):
+def test_ctrl_c_leaves_the_old_output(model, tmp_path, sigint_when):
     rows = write_rows(tmp_path, 400)
     output = tmp_path / "out.jsonl"
     output.write_text(OLD)
-    process = subprocess.Popen(
-        [LLAVA_REWARD, "score", "--model", model, "--input", rows, "--output", output, "--batch-size", "1"],
-        stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    deadline = time.monotonic() + 120
-    while not any(path.stat().st_size for path in partial_files(tmp_path)) and time.monotonic() < deadline:
-        time.sleep(0.2)  # until the first rows are written
-    process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=120)
+    sigint_when(lambda: any(path.stat().st_size for path in partial_files(tmp_path)))  # once lines are written
 
-    assert process.returncode == 130, stderr
-    assert "Traceback" not in stderr and "llava-reward score: interrupted" in stderr
+    code, stderr = run("score", "--model", model, "--input", rows, "--output", output, "--batch-size", "1")
+
+    assert code == 130 and "Traceback" not in stderr
+    assert stderr.rstrip().endswith("llava-reward score: interrupted")  # score cannot resume: no hint
     assert output.read_text() == OLD
     [partial] = partial_files(tmp_path)
-    assert f"the lines written before it stopped are in {partial}" in stderr
+    assert f"{output} was left as it was; the lines written before it stopped are in {partial}." in stderr

@@ -1,9 +1,9 @@
 """`llava-reward train`: resume after a kill in the middle of a checkpoint save, Ctrl-C, and one-line errors for
 bad output folders, bases, model fields and data (issue 15, cases 9 and 11).
 
-The killed and interrupted runs are real processes: a SIGKILL the training process sends itself in the middle of
-saving checkpoint-6 (after its weights and optimizer, before its random states and trainer_state.json), and a SIGINT
-sent to the console script. The error cases run the command's `main(argv)` in this process.
+The killed run is a real process that sends itself a SIGKILL in the middle of saving checkpoint-6 (after its weights
+and optimizer, before its random states and trainer_state.json); the interrupted run gets a real SIGINT (Ctrl-C).
+The rest (the resumed run too) runs the command's `main(argv)` in this process.
 """
 
 import json
@@ -12,7 +12,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -27,7 +26,6 @@ from llava_reward.trainers.train import resume_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "configuration" / "recipes" / "tiny.yaml")
-VENV_BIN = Path(sys.executable).parent
 QUICK = ["--max_steps", "6", "--save_steps", "2", "--eval_strategy", "no", "--per_device_train_batch_size", "2"]
 
 pytestmark = pytest.mark.usefixtures("one_intraop_thread")
@@ -68,7 +66,9 @@ def run(arguments, cwd, **env) -> subprocess.CompletedProcess:
 # ------------------------------------------------------------------------------------ case 9: kill during a save
 
 
-def test_resume_after_a_kill_during_a_checkpoint_save_takes_the_newest_complete_one_and_finishes(workdir, tmp_path):
+def test_resume_after_a_kill_during_a_checkpoint_save_takes_the_newest_complete_one_and_finishes(
+    workdir, tmp_path, monkeypatch, capsys
+):
     output = tmp_path / "reward"
     (tmp_path / "driver.py").write_text(KILLED_DURING_SAVE)
     killed = run([sys.executable, str(tmp_path / "driver.py"), "--config", TINY, *QUICK, "--output_dir", str(output)],
@@ -78,16 +78,17 @@ def test_resume_after_a_kill_during_a_checkpoint_save_takes_the_newest_complete_
     assert (output / "checkpoint-6" / "optimizer.pt").is_file()  # the save had begun ...
     assert not (output / "checkpoint-6" / "trainer_state.json").exists()  # ... and was cut short
 
-    resumed = run([str(VENV_BIN / "llava-reward"), "train", "--config", TINY, *QUICK, "--output_dir", str(output),
-                   "--resume"], workdir)
+    monkeypatch.chdir(workdir)
+    code = cli_main(["train", "--config", TINY, *QUICK, "--output_dir", str(output), "--resume"])  # as the command
 
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    stdout = capsys.readouterr().out
+    assert code == 0
     assert ("[llava-reward] checkpoint-6 is incomplete (no trainer_state.json: its save was interrupted): skipped; "
-            "it is written again when training reaches its step") in resumed.stdout
-    assert f"[llava-reward] resuming from {output / 'checkpoint-4'}" in resumed.stdout
+            "it is written again when training reaches its step") in stdout
+    assert f"[llava-reward] resuming from {output / 'checkpoint-4'}" in stdout
     state = json.loads((output / "checkpoint-6" / "trainer_state.json").read_text())
     assert state["global_step"] == 6  # finished: checkpoint-6 written again, complete
-    assert "saved the trained overall reward model" in resumed.stdout
+    assert "saved the trained overall reward model" in stdout
     assert LlavaRewardScorer.from_pretrained(output).score("a red square", [
         str(next((workdir / "tiny-task" / "images").iterdir()))
     ]).shape == (1,)
@@ -107,23 +108,16 @@ def test_resume_after_a_kill_during_a_checkpoint_save_takes_the_newest_complete_
         resume_checkpoint(True, output)
 
 
-def test_ctrl_c_exits_130_and_says_how_to_resume(workdir, tmp_path):
+def test_ctrl_c_exits_130_and_says_how_to_resume(workdir, tmp_path, monkeypatch, capsys, sigint_when):
     output = tmp_path / "reward"
-    process = subprocess.Popen(
-        [str(VENV_BIN / "llava-reward"), "train", "--config", TINY, "--max_steps", "500", "--save_steps", "2",
-         "--eval_strategy", "no", "--per_device_train_batch_size", "2", "--output_dir", str(output)],
-        cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    deadline = time.monotonic() + 300
-    while not (output / "checkpoint-2" / "trainer_state.json").is_file() and time.monotonic() < deadline:
-        assert process.poll() is None, process.communicate()[1][-3000:]
-        time.sleep(0.2)
-    process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=120)
+    monkeypatch.chdir(workdir)
+    sigint_when(lambda: (output / "checkpoint-2" / "trainer_state.json").is_file())
 
-    assert process.returncode == 130, stderr[-3000:]
-    assert "Traceback" not in stderr
+    code = cli_main(["train", "--config", TINY, "--max_steps", "500", "--save_steps", "2", "--eval_strategy", "no",
+                     "--per_device_train_batch_size", "2", "--output_dir", str(output)])
+
+    stderr = capsys.readouterr().err
+    assert code == 130 and "Traceback" not in stderr
     last_line = stderr.strip().splitlines()[-1]
     assert last_line.startswith(f"llava-reward train: interrupted; rerun with --resume to continue from {output}/"
                                 "checkpoint-"), last_line

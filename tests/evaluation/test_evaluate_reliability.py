@@ -1,15 +1,14 @@
 """`llava-reward evaluate` resumes only with the same weights, never shares its output folder with another run, and
 reports bad output folders, devices and all-tie data in one line (issue 15, cases 4, 10 and 11).
 
-The concurrent and interrupted runs are real subprocesses of the console script (a second run, SIGINT, SIGKILL);
-the other cases run the command's `main(argv)` in this process.
+The first of two concurrent runs is a real process of the console script, SIGKILLed; an interrupted run gets a real
+SIGINT (Ctrl-C); the rest runs the command's `main(argv)` in this process.
 """
 
 import contextlib
 import io
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -121,10 +120,14 @@ def wait_for_rows(output: Path, process: subprocess.Popen, timeout: float = 180)
     raise AssertionError(f"the first run scored nothing in time: {process.communicate()[1][-2000:]}")
 
 
-def test_a_second_run_on_the_same_folder_is_refused_naming_the_first(tmp_path):
+def evaluate_command(model: Path, pairs: Path, output: Path) -> list:
+    return ["evaluate", "--model", model, "--benchmark", "pairwise", "--data", pairs, "--output", output,
+            "--batch-size", "2", "--bootstrap", "10"]
+
+
+def test_a_second_run_on_the_same_folder_is_refused_and_a_killed_run_leaves_no_lock(tmp_path):
     model, pairs, output = save_model(tmp_path / "model", seed=0), write_pairs(tmp_path / "data", 3000), tmp_path / "out"
-    command = ["evaluate", "--model", model, "--benchmark", "pairwise", "--data", pairs, "--output", output,
-               "--batch-size", "2", "--bootstrap", "10"]
+    command = evaluate_command(model, pairs, output)
     first = subprocess.Popen([LLAVA_REWARD, *map(str, command)], stderr=subprocess.PIPE, text=True,
                              env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
@@ -136,33 +139,30 @@ def test_a_second_run_on_the_same_folder_is_refused_naming_the_first(tmp_path):
         assert f"llava-reward evaluate: error: {output} is being written by another evaluation run (pid {first.pid} " \
                f"on " in stderr and "wait for it to finish, or choose another output folder." in stderr
     finally:
-        first.send_signal(signal.SIGINT)  # Ctrl-C
-        _, first_stderr = first.communicate(timeout=120)
-    assert first.returncode == 130 and "Traceback" not in first_stderr, first_stderr
-    assert first_stderr.rstrip().endswith(
-        "llava-reward evaluate: interrupted; rerun the same command to resume (the rows scored so far are kept in "
-        "scores.jsonl)"
-    )
-    ids = scored_ids(output)
-    assert len(ids) == len(set(ids))  # no row written twice
+        first.kill()  # SIGKILL: the first run gets no chance to release anything
+        first.communicate(timeout=60)
 
-
-def test_a_killed_run_leaves_no_lock_and_a_rerun_finishes(tmp_path):
-    model, pairs, output = save_model(tmp_path / "model", seed=0), write_pairs(tmp_path / "data", 3000), tmp_path / "out"
-    command = ["evaluate", "--model", model, "--benchmark", "pairwise", "--data", pairs, "--output", output,
-               "--batch-size", "2", "--bootstrap", "10"]
-    first = subprocess.Popen([LLAVA_REWARD, *map(str, command)], stderr=subprocess.PIPE, text=True,
-                             env={**os.environ, "OMP_NUM_THREADS": "1"})
-    wait_for_rows(output, first)
-    first.kill()  # SIGKILL: no chance to clean up
-    first.communicate(timeout=60)
-
-    code, stderr = run_cli(*command, "--limit", "20")  # the first 20 rows: a quick rerun
+    code, stderr = run_cli(*command, "--limit", "20")  # resumes (the first 20 rows: a quick rerun)
 
     assert code == 0, stderr
     metrics = json.loads((output / "metrics.json").read_text())
     assert metrics["status"] == "complete" and metrics["num_rows"] == 20
-    assert len(scored_ids(output)) == len(set(scored_ids(output)))
+    assert len(scored_ids(output)) == len(set(scored_ids(output)))  # no row written twice
+
+
+def test_ctrl_c_exits_130_saying_a_rerun_resumes(tmp_path, sigint_when):
+    model, pairs, output = save_model(tmp_path / "model", seed=0), write_pairs(tmp_path / "data", 3000), tmp_path / "out"
+    scores = output / "scores.jsonl"
+    sigint_when(lambda: scores.is_file() and scores.read_text().count("\n") >= 2)
+
+    code, stderr = run_cli(*evaluate_command(model, pairs, output))
+
+    assert code == 130 and "Traceback" not in stderr
+    assert stderr.rstrip().endswith("llava-reward evaluate: interrupted; rerun the same command to resume (the rows "
+                                    "scored so far are kept in scores.jsonl)")
+    scored = len(scored_ids(output))
+    code, stderr = run_cli(*evaluate_command(model, pairs, output), "--limit", str(scored + 3))
+    assert code == 0 and f"resumed: {scored} rows were already scored" in stderr
 
 
 # ------------------------------------------------------------------------------- case 11: one-line errors
