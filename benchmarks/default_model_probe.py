@@ -19,6 +19,11 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+
+if TYPE_CHECKING:
+    import torch
 
 
 REPO_DIR = Path(__file__).resolve().parents[1]

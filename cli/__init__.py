@@ -6,7 +6,8 @@ A subcommand's own heavy imports (trl, datasets, evaluate, the default-backbone 
 package itself imports transformers and torch (importing it registers the Auto classes), which is most of what
 ``llava-reward --help`` costs: about 4 s on 2 CPU cores.
 
-Exit codes: 0 success, 1 bad input (a clear message on stderr, no traceback), 2 usage error (argparse).
+Exit codes: 0 success, 1 bad input (a clear message on stderr, no traceback), 2 usage error (argparse), 130
+interrupted (Ctrl-C; a subcommand that can resume sets ``resume_hint(args)``, the sentence that says how).
 
 Example:
     >>> from llava_reward.cli import build_parser
@@ -47,6 +48,10 @@ def main(argv=None) -> int:
     except UserInputError as error:
         print(f"llava-reward {args.command}: error: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C: no traceback; say how to continue where the command can
+        hint = args.resume_hint(args) if getattr(args, "resume_hint", None) else None
+        print(f"llava-reward {args.command}: interrupted{f'; {hint}' if hint else ''}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import sys
 from .errors import UserInputError
 from .options import DTYPES
 from .options import add_progress_argument
+from .options import checked_device
 from .options import load_scorer
 from .options import positive_int
 from .options import progress_option
@@ -79,7 +80,12 @@ def register(subparsers) -> None:
         "--reference-benchmark", metavar="NAME",
         help="published numbers to print beside ours (default: the benchmark; e.g. smid or unsafediff for unpaired)",
     )
-    parser.set_defaults(func=functools.partial(run, parser=parser))
+    parser.set_defaults(func=functools.partial(run, parser=parser), resume_hint=resume_hint)
+
+
+def resume_hint(args: argparse.Namespace) -> str:
+    """What an interrupted run says (Ctrl-C): the rows it scored are kept in DIR/scores.jsonl."""
+    return "rerun the same command to resume (the rows scored so far are kept in scores.jsonl)"
 
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -104,6 +110,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             protocol=protocol,
             reference_benchmark=args.reference_benchmark,
         )
+        checked_device(args.device)
         scorer = load_scorer(args)
         metrics = evaluation.run(
             scorer,

@@ -62,17 +62,27 @@ def load_scorer(args: argparse.Namespace):
 
 
 def checked_device(name: str | None):
-    """`--device NAME` as a `torch.device` this build can use; `UserInputError` (one line) when it cannot."""
+    """`--device NAME` as a `torch.device` this machine has; `UserInputError` (one line) when it has not (`cuda` on a
+    CPU-only build, `cuda:3` on a 2-GPU machine), before any model loads."""
     import torch
 
     if name is None:
         return None
     try:
         device = torch.device(name)
-        torch.empty(1, device=device)
-    except (RuntimeError, AssertionError, ValueError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserInputError(f"--device {name}: not available here ({reason}).") from None
+    except RuntimeError as error:
+        raise UserInputError(f"--device {name}: {str(error).strip().splitlines()[0]}") from None
+    if device.type in ("cpu", "meta"):
+        return device
+    backend = torch.backends.mps if device.type == "mps" else getattr(torch, device.type, None)
+    if backend is None or not backend.is_available():
+        build = "a CPU-only build" if device.type == "cuda" and torch.version.cuda is None else "this build"
+        raise UserInputError(
+            f"--device {name}: no {device.type} device is available (torch {torch.__version__}, {build}); use --device cpu."
+        )
+    count = getattr(backend, "device_count", lambda: 1)()
+    if device.index is not None and device.index >= count:
+        raise UserInputError(f"--device {name}: this machine has {count} {device.type} device(s), numbered from 0.")
     return device
 
 

@@ -13,6 +13,7 @@ Example:
 
 import argparse
 import sys
+from pathlib import Path
 
 from .errors import UserInputError
 
@@ -59,17 +60,27 @@ def register(subparsers) -> None:
     target.add_argument(
         "--local-dir", metavar="DIR", help="write the Hub layout (DIR/PERSPECTIVE/...) locally instead of uploading"
     )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="with --local-dir: replace DIR/PERSPECTIVE even if it holds files an "
+        "export does not write (without it, such a folder is refused)"
+    )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from huggingface_hub.errors import HfHubHTTPError
 
+    from llava_reward.hub_cards.push import check_perspective_name
     from llava_reward.hub_cards.push import perspective_files
     from llava_reward.hub_cards.push import push_perspective
     from llava_reward.hub_cards.push import write_local
 
-    perspective = args.perspective or _recorded_perspective(args.model_dir)
+    perspective = args.perspective if args.perspective is not None else _recorded_perspective(args.model_dir)
+    try:
+        check_perspective_name(perspective)
+    except ValueError as error:
+        where = "--perspective" if args.perspective is not None else f"{args.model_dir}/config.json (pass --perspective NAME)"
+        raise UserInputError(f"{error} It comes from {where}.") from None
     options = dict(
         revision=args.revision,
         base_model=args.base_model,
@@ -82,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         if args.dry_run or args.local_dir:
             files = perspective_files(args.model_dir, args.repo_id, perspective, **options)
             if args.local_dir:
-                folder = write_local(files, f"{args.local_dir}/{perspective}")
+                folder = write_local(files, Path(args.local_dir) / perspective, overwrite=args.overwrite)
                 print(f"wrote {len(files)} files to {folder}")
             else:
                 _print_plan(files, f"{args.repo_id}/{perspective}")
@@ -103,7 +114,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _recorded_perspective(model_dir: str) -> str:
     import json
-    from pathlib import Path
 
     config_file = Path(model_dir) / "config.json"
     try:

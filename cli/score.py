@@ -32,12 +32,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llava_reward.data_formats import BadRow
+from llava_reward.files import replacing
 from llava_reward.objectives import get_objective
 from llava_reward.objectives import names_with
 
 from .errors import UserInputError
 from .options import DTYPES
 from .options import add_progress_argument
+from .options import checked_device
 from .options import load_scorer
 from .options import positive_int
 from .options import progress_option
@@ -105,13 +107,16 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     _check_usage(args, parser)
     # Rows are read and their images found before the model loads: a malformed file fails in a second.
     file_run = FileRun(args, read_rows(args.input, args.image_root)) if args.input else None
-    scorer = load_scorer(args)
-    if args.command == "compare" and not get_objective(scorer.objective).pairwise:
-        raise UserInputError(
-            f"compare needs a model with a pairwise objective ({names_with('pairwise')}); this one is "
-            f"{scorer.objective!r}, which scores each image on its own: use `llava-reward score`."
-        )
-    with _open_output(args.output) as output:
+    if args.output is not None:
+        _check_output_is_no_input(args.output, _input_files(args, file_run))
+    checked_device(args.device)
+    with _open_output(args.output, args.command) as output:  # before the model loads: an unwritable path fails fast
+        scorer = load_scorer(args)
+        if args.command == "compare" and not get_objective(scorer.objective).pairwise:
+            raise UserInputError(
+                f"compare needs a model with a pairwise objective ({names_with('pairwise')}); this one is "
+                f"{scorer.objective!r}, which scores each image on its own: use `llava-reward score`."
+            )
         if file_run is None:
             return _score_images(scorer, args, output)
         return file_run.score(scorer, output)
@@ -130,18 +135,46 @@ def _check_usage(args: argparse.Namespace, parser: argparse.ArgumentParser) -> N
             parser.error("--skip-bad and --image-root apply to --input files only")
 
 
+def _input_files(args: argparse.Namespace, file_run: "FileRun | None") -> list[str]:
+    """Every file the run reads: the --input file, or the IMAGEs; and the images its rows name."""
+    if file_run is None:
+        return list(args.images)
+    return [args.input] + [image for row in file_run.rows for image in row.images if isinstance(image, str)]
+
+
+def _check_output_is_no_input(output: str, inputs: list[str]) -> None:
+    """The output replaces its file when the run succeeds: it must not be one the run reads."""
+    if Path(output).is_dir():
+        raise UserInputError(f"--output {output}: is a folder; name the file to write.")
+    if not Path(output).exists():
+        return
+    for path in inputs:
+        if Path(path).exists() and Path(path).samefile(output):
+            raise UserInputError(f"--output {output} is also an input ({path}): writing it would destroy it.")
+
+
 @contextlib.contextmanager
-def _open_output(path: str | None):
-    """stdout, or a file created for writing (its folder must exist)."""
+def _open_output(path: str | None, command: str):
+    """stdout, or a new file that replaces `path` only when the run succeeds (its folder must exist).
+
+    A run that fails or is interrupted leaves `path` as it was and says where the lines it wrote are.
+    """
     if path is None:
         yield sys.stdout
         return
+    existed, file = Path(path).exists(), None
     try:
-        file = open(path, "w", encoding="utf-8")
-    except OSError as error:
-        raise UserInputError(f"--output {path}: cannot write it ({error.strerror}).") from None
-    with file:
-        yield file
+        with replacing(path, keep_partial=True) as file:
+            yield file
+    except BaseException as error:
+        if file is None and isinstance(error, OSError):
+            raise UserInputError(f"--output {path}: cannot write it ({error.strerror}).") from None
+        partial = Path(file.name) if file is not None else None
+        if partial is not None and (existed or partial.exists()):
+            where = f"the lines written before it stopped are in {partial}" if partial.exists() else "no line was written"
+            print(f"llava-reward {command}: {path} was {'left as it was' if existed else 'not written'}; {where}.",
+                  file=sys.stderr)
+        raise
 
 
 def _score_images(scorer, args: argparse.Namespace, output) -> int:
@@ -206,9 +239,10 @@ def read_rows(source, image_root: str | None = None) -> list[Row | BadRow]:
     is not found, becomes a `BadRow` saying why."""
     from llava_reward.data_formats import read_rows as read_source
     from llava_reward.image_inputs import InputError
+    from llava_reward.image_inputs import missing_path_problem
 
     if isinstance(source, (str, Path)) and Path(source).suffix and not Path(source).exists():
-        raise UserInputError(f"--input {source}: file not found.")
+        raise UserInputError(f"--input {source}: {missing_path_problem(source, 'file not found')}.")
     if image_root is not None and not Path(image_root).is_dir():
         raise UserInputError(f"--image-root {image_root}: no such folder.")
     try:

@@ -25,7 +25,24 @@ def register(subparsers):
     )
     parser.__class__ = _RecipeOverridesParser
     build_parser(parser)
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, resume_hint=resume_hint)
+
+
+def resume_hint(args) -> str:
+    """What an interrupted run says (Ctrl-C): how to continue from its newest complete checkpoint, if it saved one."""
+    from llava_reward.trainers.train import RecipeError
+    from llava_reward.trainers.train import latest_complete_checkpoint
+    from llava_reward.trainers.train import load_recipe
+    from llava_reward.trainers.train import parse_overrides
+
+    try:
+        output_dir = load_recipe(args.config, parse_overrides(args.overrides)).training.output_dir
+    except RecipeError:
+        return "rerun to start again"
+    checkpoint, _ = latest_complete_checkpoint(output_dir)
+    if checkpoint is None:
+        return "no checkpoint was saved yet: a rerun starts from the beginning"
+    return f"rerun with --resume to continue from {checkpoint}"
 
 
 def run(args) -> int:

@@ -31,6 +31,7 @@ from llava_reward.data_formats import RATED
 from llava_reward.data_formats import BadRow
 from llava_reward.data_formats import read_rows
 from llava_reward.image_inputs import InputError
+from llava_reward.image_inputs import missing_path_problem
 
 
 # Benchmark name -> (the kind of rows it scores, the row format it reads); the kind decides the metrics, plots and
@@ -76,7 +77,7 @@ def read_benchmark(benchmark: str, data, *, image_root=None, limit: int | None =
     if benchmark not in BENCHMARKS:
         raise ValueError(f"Unknown benchmark {benchmark!r}; choose one of {sorted(BENCHMARKS)}.")
     if isinstance(data, (str, Path)) and not Path(data).exists() and Path(data).suffix:
-        raise InputError(f"{data}: no such file or folder.")
+        raise InputError(f"{data}: {missing_path_problem(data, 'no such file or folder')}.")
     found = read_rows(data, format=FORMATS[benchmark], image_root=image_root, limit=limit)
     if found.kind != BENCHMARKS[benchmark]:
         raise InputError(

@@ -14,11 +14,16 @@ Example:
     0.97
 """
 
+import contextlib
 import dataclasses
 import functools
+import hashlib
 import importlib.metadata
 import json
 import os
+import socket
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +33,7 @@ from scipy.special import expit
 from llava_reward.bundle import METRICS_FILE
 from llava_reward.data_formats import BadRow
 from llava_reward.data_formats import BadRowsError
+from llava_reward.files import make_folder
 from llava_reward.files import write_json
 from llava_reward.image_inputs import InputError
 from llava_reward.objectives import get_objective
@@ -119,9 +125,11 @@ class Evaluation:
         self.rows = read_benchmark(benchmark, data, image_root=image_root, limit=limit)
         if self.rows.bad_rows and not skip_bad:
             raise BadRowsError(self.rows.bad_rows, self.rows.source)
+        if not self.rows.items:
+            raise InputError(f"{data}: no row to score{_why_no_rows(self.rows)}.")
         self.data = str(Path(data).resolve())
         self.image_root = str(Path(image_root).resolve()) if image_root is not None else None
-        self.output_dir = Path(output_dir)
+        self.output_dir = make_folder(output_dir)  # now, before a model loads: an unusable folder fails at once
         self.limit = limit
         self.skip_bad = skip_bad
         self.protocol = protocol or Protocol()
@@ -147,7 +155,10 @@ class Evaluation:
         task = TASKS[self.rows.kind](scorer, self.protocol)
         self.skipped = list(self.rows.bad_rows)  # and those the scorer refuses, below
         header = self._header(scorer, model, model_options or {})
-        self.output_dir.mkdir(parents=True, exist_ok=True)
+        with _OutputLock(self.output_dir):
+            return self._run_locked(scorer, task, header, batch_size, overwrite, progress)
+
+    def _run_locked(self, scorer, task, header: dict, batch_size: int, overwrite: bool, progress) -> dict:
         store = ScoreFile(self.output_dir / SCORES_FILE)
         if overwrite:
             store.clear()
@@ -156,7 +167,7 @@ class Evaluation:
             store.load()
             store.check(self.rows.items)
         self.num_resumed = sum(item.id in store.records for item in self.rows.items)
-        write_json(self.output_dir / METRICS_FILE, {**header, "status": "running"})
+        write_json(self.output_dir / METRICS_FILE, {**header, "status": "running", "running": _this_run()})
         self._score_missing(scorer, task, store, batch_size, progress)
 
         scored = [item for item in self.rows.items if item.id in store.records]
@@ -192,6 +203,7 @@ class Evaluation:
             "kind": self.rows.kind,
             "model": str(local.resolve()) if local.exists() else model,
             "model_options": model_options,
+            "model_fingerprint": weights_fingerprint(scorer.model),
             "objective": config.objective,
             "tau": config.tau,
             "data": self.data,
@@ -203,7 +215,8 @@ class Evaluation:
         }
 
     def _check_same_run(self, header: dict) -> None:
-        """Scores in the output folder must come from the same model, options, benchmark and data."""
+        """Scores in the output folder must come from the same model (by path and by weights), options, benchmark
+        and data."""
         path = self.output_dir / METRICS_FILE
         if not path.is_file():
             return
@@ -217,6 +230,13 @@ class Evaluation:
                     f"{self.output_dir} holds the scores of another run ({key} {previous.get(key)!r}, this run "
                     f"{header[key]!r}): choose another output folder, or overwrite it (--overwrite)."
                 )
+        if previous.get("model_fingerprint") != header["model_fingerprint"]:
+            then = previous.get("model_fingerprint") or "not recorded"
+            raise InputError(
+                f"{self.output_dir} holds the scores of other weights: the model at {header['model']} changed since "
+                f"they were scored (weights fingerprint then {then[:19]}, now {header['model_fingerprint'][:19]}): "
+                "choose another output folder, or overwrite it (--overwrite)."
+            )
 
     def _score_missing(self, scorer, task, store: "ScoreFile", batch_size: int, progress) -> None:
         items = self.rows.items
@@ -249,6 +269,70 @@ def training_overlap(items: list, training_images: frozenset[str] | None) -> dic
     seen = [{fingerprint for fingerprint in map(image_fingerprint, item.images) if fingerprint in training_images}
             for item in items]
     return {"rows": sum(map(bool, seen)), "images": len(set().union(*seen)), "of_rows": len(items)}
+
+
+def _why_no_rows(rows) -> str:
+    if rows.human_ties and rows.human_ties == rows.num_rows:
+        return f": all {rows.num_rows} rows are human ties (label_0 = 0.5), which prefer neither image"
+    if rows.bad_rows:
+        return f": {len(rows.bad_rows)} of its {rows.num_rows} rows are bad and {rows.human_ties} are ties"
+    return ""
+
+
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """`sha256:<hex>` of every parameter and buffer of `model` (names, dtypes, shapes and values): scores of
+    two models can be mixed only when their fingerprints are equal.
+
+    Example:
+        >>> weights_fingerprint(torch.nn.Linear(2, 1)).startswith("sha256:")
+        True
+    """
+    digest = hashlib.sha256()
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        tensor = tensor.detach().reshape(-1).cpu().contiguous()
+        digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.view(torch.uint8).numpy())
+    return f"sha256:{digest.hexdigest()}"
+
+
+def _this_run() -> dict:
+    """Who is writing the output folder: named to a second run that finds it locked."""
+    return {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "command": " ".join(sys.argv)}
+
+
+class _OutputLock:
+    """An exclusive lock on the output folder for one run (`flock` on the folder: released by the system when the
+    process ends, even when it is killed, so no stale lock is ever left). A second run on the same folder gets an
+    `InputError` naming the run that holds it (from the `running` entry of its metrics.json)."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.descriptor: int | None = None
+
+    def __enter__(self):
+        import fcntl
+
+        self.descriptor = os.open(self.folder, os.O_RDONLY)
+        try:
+            fcntl.flock(self.descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.descriptor)
+            raise InputError(
+                f"{self.folder} is being written by another evaluation run{self._holder()}: wait for it to finish, "
+                "or choose another output folder."
+            ) from None
+        return self
+
+    def __exit__(self, *exc):
+        os.close(self.descriptor)  # releases the lock
+        return False
+
+    def _holder(self) -> str:
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):  # not written yet, or being rewritten
+            running = json.loads((self.folder / METRICS_FILE).read_text(encoding="utf-8"))["running"]
+            return f" (pid {running['pid']} on {running['host']}, started {running['started']}: {running['command']})"
+        return ""
 
 
 class ScoreFile:

@@ -58,6 +58,7 @@ from dataclasses import field
 from pathlib import Path
 
 from .image_inputs import InputError
+from .image_inputs import missing_path_problem
 
 
 logger = logging.getLogger(__name__)
@@ -316,6 +317,8 @@ class ImagePaths:
         if path.is_dir():
             raise ValueError(f"image path {image!r} is a folder, not an image file.")
         where = f" (looked under {self.root})" if self.root is not None and not Path(image).is_absolute() else ""
+        if os.path.lexists(path):  # a broken symbolic link (a loop, or a link to nothing): say so
+            raise ValueError(f"image file {image!r} is {missing_path_problem(path)}.")
         raise ValueError(f"image file {image!r} not found{where}.")
 
     def _without_missing_prefix(self, path: Path) -> Path:
@@ -361,6 +364,8 @@ def read_rows(source, *, format: str = "auto", image_root=None, split: str = "tr
     if _is_dataset(source):
         return _read_dataset(source, "the dataset", format, image_root, limit)
     path = Path(source)
+    if os.path.lexists(path) and not path.exists():  # a broken symbolic link, not the name of a Hub dataset
+        raise InputError(f"{path}: {missing_path_problem(path)}.")
     if path.is_dir():
         if (path / "dataset_info.json").is_file() or (path / "state.json").is_file():
             return _read_dataset(_load_from_disk(path), str(path), format, image_root, limit)

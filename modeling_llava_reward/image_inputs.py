@@ -11,6 +11,7 @@ Example:
     [(6, 4)]
 """
 
+import errno
 import io
 import os
 import warnings
@@ -25,6 +26,24 @@ from PIL import UnidentifiedImageError
 
 class InputError(ValueError):
     """An input the user gave cannot be used; the message names which one (index or file) and why."""
+
+
+def missing_path_problem(path: str | os.PathLike, missing: str = "not found") -> str:
+    """Why a path a user named does not exist: `missing` when there is nothing there, or the broken symbolic link it
+    is (a loop, or a link to nothing), so that the message says what to fix.
+
+    Example:
+        >>> missing_path_problem("/no/such/file", "file not found")
+        'file not found'
+    """
+    try:
+        os.stat(path)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return "a symbolic link loop (its links lead back to a link already followed)"
+        if os.path.islink(path):
+            return f"a broken symbolic link (to {os.readlink(path)!r}, which does not exist)"
+    return missing
 
 
 def load_images(images) -> list[Image.Image]:
@@ -51,7 +70,9 @@ def load_image(image, index: int = 0) -> Image.Image:
     if isinstance(image, (bytes, bytearray, memoryview)):
         return _open(io.BytesIO(bytes(image)), f"image {index} (bytes)")
     if isinstance(image, Image.Image):
-        return _to_rgb(_first_frame(image))
+        if 0 in image.size:
+            raise InputError(f"image {index}: the image has no pixels ({image.width}x{image.height}).")
+        return _to_rgb(_first_frame(image), f"image {index}")
     if isinstance(image, torch.Tensor):
         image = image.detach().cpu()
         array = (image.float() if image.is_floating_point() else image).numpy()  # numpy has no bfloat16
@@ -67,7 +88,7 @@ def load_image(image, index: int = 0) -> Image.Image:
 def _open(source, label: str, path=None) -> Image.Image:
     if path is not None:
         if not os.path.exists(path):
-            raise InputError(f"{label}: file not found.")
+            raise InputError(f"{label}: {missing_path_problem(path, 'file not found')}.")
         if os.path.isdir(path):
             raise InputError(f"{label}: is a folder, not an image file.")
         if os.path.getsize(path) == 0:
@@ -85,7 +106,7 @@ def _open(source, label: str, path=None) -> Image.Image:
         raise InputError(f"{label}: not an image file Pillow can read.") from None
     except OSError as error:  # truncated or corrupt data
         raise InputError(f"{label}: the image data is corrupt or truncated ({error}).") from None
-    return _to_rgb(image)
+    return _to_rgb(image, label)
 
 
 def _first_frame(image: Image.Image) -> Image.Image:
@@ -96,9 +117,13 @@ def _first_frame(image: Image.Image) -> Image.Image:
     return ImageOps.exif_transpose(image)
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
+def _to_rgb(image: Image.Image, label: str) -> Image.Image:
     if image.mode == "RGB":
         return image
+    if image.mode == "F":
+        # 32-bit float pixels (e.g. a float TIFF): convert() clips them to 0..255, so values in [0, 1] became black.
+        # Read as a float array: values in [0, 1] scale to 0..255 like float arrays do; any other range is refused.
+        return _from_array(np.asarray(image, dtype=np.float32), f"{label} (32-bit float pixels)", channels_first=False)
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         # 16/32-bit grey: scale to 8 bits instead of letting convert() clip everything above 255 to white.
         values = np.asarray(image, dtype=np.float64)
@@ -122,6 +147,8 @@ def _from_array(array: np.ndarray, label: str, channels_first: bool) -> Image.Im
     if array.ndim != 3 or array.shape[-1] not in (1, 3, 4):
         layout = "CHW" if channels_first else "HWC"
         raise InputError(f"{label}: expected {layout} with 1, 3 or 4 channels, got shape {given_shape}.")
+    if 0 in array.shape[:2]:
+        raise InputError(f"{label}: the image has no pixels (shape {given_shape}).")
     if array.dtype != np.uint8:
         if not np.issubdtype(array.dtype, np.floating):
             raise InputError(f"{label}: expected uint8 or float values, got dtype {array.dtype}.")
@@ -136,4 +163,4 @@ def _from_array(array: np.ndarray, label: str, channels_first: bool) -> Image.Im
         array = np.round(array * 255.0).astype(np.uint8)
     if array.shape[-1] == 1:
         array = array[..., 0]  # Pillow infers L, RGB or RGBA from the shape
-    return _to_rgb(Image.fromarray(np.ascontiguousarray(array)))
+    return _to_rgb(Image.fromarray(np.ascontiguousarray(array)), label)

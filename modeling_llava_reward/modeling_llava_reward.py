@@ -12,8 +12,10 @@ next to a checkpoint and `AutoModel.from_pretrained(dir, trust_remote_code=True)
 """
 
 import os
+import threading
 import warnings
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -431,31 +433,49 @@ def _attn_implementations(config) -> dict:
     return {"": config._attn_implementation, **nested}
 
 
+# The residual-stream states the running forward asks for: `{module: its input}`, one dict per call. The hooks that
+# fill it are installed once per module and shared by every caller; each call reads and writes only its own dict (a
+# context variable: every thread, and every asyncio task, sees its own), so that one model serves concurrent calls.
+_RESIDUAL_STREAM: ContextVar[dict | None] = ContextVar("llava_reward_residual_stream", default=None)
+_HOOK_INSTALLATION = threading.Lock()
+
+
+def _store_residual_stream(module: nn.Module, args: tuple, kwargs: dict) -> None:
+    """Forward pre-hook: keep `module`'s input when the running call asked for it (a no-op for any other call)."""
+    requested = _RESIDUAL_STREAM.get()
+    if requested is not None and module in requested:
+        requested[module] = args[0] if args else kwargs["hidden_states"]
+
+
+def _install_residual_stream_hook(module: nn.Module) -> None:
+    if getattr(module, "_llava_reward_stores_residual_stream", False):
+        return
+    with _HOOK_INSTALLATION:  # two threads' first calls must not install it twice
+        if not getattr(module, "_llava_reward_stores_residual_stream", False):
+            module.register_forward_pre_hook(_store_residual_stream, with_kwargs=True)
+            module._llava_reward_stores_residual_stream = True
+
+
 @contextmanager
 def _capture_residual_stream(decoder: nn.Module, layer_indices: set[int]):
     """Capture `hidden_states[k]` (the residual stream entering decoder layer k) for each requested k.
 
     Forward pre-hooks on the layers (or on the final norm for k == number of kept layers) hold on to just the requested
-    states, instead of `output_hidden_states=True` keeping every layer's. Pre-hooks see the layer's input outside
-    its gradient-checkpointing region, so the captured tensors keep their autograd history.
+    states, instead of `output_hidden_states=True` keeping every layer's. The dict this yields is filled when the
+    context exits without error. The hooks stay installed (and do nothing outside a call that asks them); what a call
+    captures lives in its own context (`_RESIDUAL_STREAM`), never on the shared modules.
     """
+    modules = {index: decoder.layers[index] if index < len(decoder.layers) else decoder.norm for index in layer_indices}
+    for module in modules.values():
+        _install_residual_stream_hook(module)
+    requested = dict.fromkeys(modules.values())
+    token = _RESIDUAL_STREAM.set(requested)
     captured: dict[int, torch.Tensor] = {}
-    handles = []
-
-    def hook_for(index):
-        def store(module, args, kwargs):
-            captured[index] = args[0] if args else kwargs["hidden_states"]
-
-        return store
-
-    for index in layer_indices:
-        module = decoder.layers[index] if index < len(decoder.layers) else decoder.norm
-        handles.append(module.register_forward_pre_hook(hook_for(index), with_kwargs=True))
     try:
         yield captured
     finally:
-        for handle in handles:
-            handle.remove()
+        _RESIDUAL_STREAM.reset(token)
+    captured.update((index, requested[module]) for index, module in modules.items())
 
 
 def _pool(hidden_states: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:

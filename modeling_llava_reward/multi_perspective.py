@@ -12,6 +12,10 @@ perspective's reward head (SkipCA + value head) and projector weights, and score
 
 The rewards equal those of each perspective loaded on its own with `LlavaRewardScorer.from_pretrained`.
 
+Threads: a `MultiPerspectiveScorer` may be shared, but its calls run one at a time (a lock). One forward switches
+the shared base between perspectives (the active LoRA adapter, the projector weights, the vision encoder's recorded
+outputs), which concurrent calls cannot share. Threads that must score in parallel each load their own scorer.
+
 Example:
     >>> scorer = load_perspectives("me/llava-reward-qwen", ["alignment", "fidelity"])  # doctest: +SKIP
     >>> scorer.score("a red cat", [image_a, image_b])  # doctest: +SKIP
@@ -19,6 +23,7 @@ Example:
 """
 
 import os
+import threading
 from contextlib import contextmanager
 from contextlib import nullcontext
 from pathlib import Path
@@ -69,6 +74,7 @@ class MultiPerspectiveScorer:
     ):
         self._all = _AllPerspectives(models, projectors, lora)
         self._scorer = LlavaRewardScorer(self._all, processor, progress=progress)
+        self._lock = threading.Lock()  # one call at a time: a forward switches the shared base between perspectives
 
     @property
     def perspectives(self) -> list[str]:
@@ -86,9 +92,11 @@ class MultiPerspectiveScorer:
     def score(self, prompts, images, *, batch_size: int = 8, progress: bool | None = None) -> dict[str, torch.Tensor]:
         """`{perspective: rewards}` for `prompts[i]` with `images[i]` (one prompt may serve all images).
 
-        Each value is a float32 CPU tensor of shape `(N,)` (BT, CE) or `(N, D)` (GPM), in input order.
+        Each value is a float32 CPU tensor of shape `(N,)` (BT, CE) or `(N, D)` (GPM), in input order. Calls from
+        several threads are served one at a time (see the module docstring).
         """
-        rewards = self._scorer.score(prompts, images, batch_size=batch_size, progress=progress)  # (N, sum of D)
+        with self._lock:
+            rewards = self._scorer.score(prompts, images, batch_size=batch_size, progress=progress)  # (N, sum of D)
         widths = [model.config.reward_dim for model in self._all.models.values()]
         return {
             name: part.squeeze(-1) if part.shape[-1] == 1 else part

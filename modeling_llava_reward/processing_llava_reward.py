@@ -10,6 +10,11 @@ expects).
 import inspect
 import json
 import logging
+import threading
+import weakref
+from collections.abc import Iterable
+from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 
 import transformers
@@ -23,6 +28,18 @@ from .image_inputs import load_images
 
 
 logger = logging.getLogger(__name__)
+
+# A transformers fast tokenizer keeps its padding and truncation settings on the shared Rust object and changes them
+# at every call, so concurrent calls pad each other's batches wrongly or fail ("Already borrowed"). Calls that
+# tokenize hold their tokenizer's lock (kept here, not on the processor: a processor must stay copyable/picklable).
+_TOKENIZER_LOCKS: "weakref.WeakKeyDictionary[object, threading.Lock]" = weakref.WeakKeyDictionary()
+_TOKENIZER_LOCKS_GUARD = threading.Lock()
+
+
+def tokenizer_lock(tokenizer) -> threading.Lock:
+    """The lock that serialises the calls of `tokenizer` (one per tokenizer object)."""
+    with _TOKENIZER_LOCKS_GUARD:
+        return _TOKENIZER_LOCKS.setdefault(tokenizer, threading.Lock())
 
 
 def without_video(processor_class: type[ProcessorMixin]) -> type[ProcessorMixin]:
@@ -171,14 +188,15 @@ class LlavaRewardProcessor(ProcessorMixin):
         texts = [self.build_text(self.truncate_prompt(prompt, index)) for index, prompt in enumerate(prompts)]
         kwargs.setdefault("do_convert_rgb", False)  # load_images made them RGB: the image processor would copy them
         try:
-            return self.vlm_processor(
-                text=texts,
-                images=[[image] for image in images],
-                return_tensors=return_tensors,
-                padding=True,
-                add_special_tokens=self.prompt_template is not None,  # a chat template writes its own BOS
-                **kwargs,
-            )
+            with tokenizer_lock(self.tokenizer):
+                return self.vlm_processor(
+                    text=texts,
+                    images=[[image] for image in images],
+                    return_tensors=return_tensors,
+                    padding=True,
+                    add_special_tokens=self.prompt_template is not None,  # a chat template writes its own BOS
+                    **kwargs,
+                )
         except ValueError:
             self._check_each_image(images)  # an image the family's image processor refuses (e.g. Qwen: ratio > 200)
             raise
@@ -196,7 +214,16 @@ class LlavaRewardProcessor(ProcessorMixin):
 
     def pair(self, prompts, images: list) -> tuple[list[str], list]:
         """Element-wise pairing; a single prompt is broadcast to every image. Never a cross product."""
-        prompts = [prompts] if isinstance(prompts, (str, bytes)) else list(prompts)
+        if isinstance(prompts, (str, bytes)):
+            prompts = [prompts]
+        elif isinstance(prompts, (Mapping, AbstractSet)) or not isinstance(prompts, Iterable):
+            # A dict would pair its keys with the images, a set in no particular order; None is no prompt at all.
+            raise InputError(
+                f"prompts: expected a string (one prompt for all images) or a list of strings (one per image), got "
+                f"{type(prompts).__name__}."
+            )
+        else:
+            prompts = list(prompts)
         if len(prompts) == 1 and len(images) > 1:
             prompts = prompts * len(images)
         if len(prompts) != len(images) or not images:
@@ -204,23 +231,26 @@ class LlavaRewardProcessor(ProcessorMixin):
                 f"Got {len(prompts)} prompts and {len(images)} images: pass one prompt per image, or one prompt "
                 "for all images."
             )
-        return [self._check_prompt(prompt, index) for index, prompt in enumerate(prompts)], images
+        return [self.check_prompt(prompt, index) for index, prompt in enumerate(prompts)], images
 
-    def _check_prompt(self, prompt, index: int) -> str:
+    def check_prompt(self, prompt, index: int = 0, *, name: str | None = None) -> str:
+        """`prompt` as a string the reward model can read; `InputError` naming it (`name`, default `prompt {index}`)
+        when it is not text, not valid UTF-8, or holds one of the tokenizer's special tokens."""
+        name = name or f"prompt {index}"
         if isinstance(prompt, bytes):
             try:
                 prompt = prompt.decode("utf-8")
             except UnicodeDecodeError as error:
-                raise InputError(f"prompt {index}: not valid UTF-8 ({error}).") from None
+                raise InputError(f"{name}: not valid UTF-8 ({error}).") from None
         if not isinstance(prompt, str):
-            raise InputError(f"prompt {index}: expected a string, got {type(prompt).__name__}.")
+            raise InputError(f"{name}: expected a string, got {type(prompt).__name__}.")
         try:
             prompt.encode("utf-8")
         except UnicodeEncodeError as error:
-            raise InputError(f"prompt {index}: contains characters that are not valid Unicode ({error}).") from None
+            raise InputError(f"{name}: contains characters that are not valid Unicode ({error}).") from None
         for token in self._special_tokens:
             if token in prompt:
-                raise InputError(f"prompt {index}: contains the tokenizer's special token {token!r}.")
+                raise InputError(f"{name}: contains the tokenizer's special token {token!r}.")
         return prompt
 
     def truncate_prompt(self, prompt: str, index: int = 0, *, name: str | None = None) -> str:
@@ -236,16 +266,21 @@ class LlavaRewardProcessor(ProcessorMixin):
             self.max_prompt_tokens,
         )
         kept = token_ids[: self.max_prompt_tokens]
-        text = self.tokenizer.decode(kept)
+        text = self._decode(kept)
         # A cut inside a multi-byte character decodes to U+FFFD, which is not in the prompt and may re-tokenize
         # longer than the bytes it replaced: back off to the last whole character.
         while kept and not self._is_clean_cut(text, prompt):
             kept = kept[:-1]
-            text = self.tokenizer.decode(kept)
+            text = self._decode(kept)
         return text
 
     def _prompt_token_ids(self, prompt: str) -> list[int]:
-        return self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        with tokenizer_lock(self.tokenizer):
+            return self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+
+    def _decode(self, token_ids: list[int]) -> str:
+        with tokenizer_lock(self.tokenizer):
+            return self.tokenizer.decode(token_ids)
 
     def _is_clean_cut(self, text: str, prompt: str) -> bool:
         """Whether `text`, a truncation of `prompt`, fits in `max_prompt_tokens` and ends on a whole character."""

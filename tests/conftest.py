@@ -48,3 +48,38 @@ def tiny_trained(tmp_path_factory) -> dict[str, Path]:
         assert done.returncode == 0, done.stderr[-3000:]
         outputs[tuning] = output
     return outputs
+
+
+@pytest.fixture
+def sigint_when():
+    """`sigint_when(condition)`: send this process a real SIGINT (what Ctrl-C sends) as soon as `condition()` holds,
+    from a watcher thread; for testing a command interrupted midway without paying a process start-up.
+
+    Choose a condition that holds while the command still has work left: the signal must reach the command's
+    `main`, which turns it into exit code 130 (a signal after it returned would interrupt pytest itself).
+    """
+    import signal
+    import threading
+    import time
+
+    watchers = []
+
+    def start(condition, timeout: float = 300):
+        stop = threading.Event()
+
+        def watch():
+            deadline = time.monotonic() + timeout
+            while not stop.is_set() and time.monotonic() < deadline:
+                if condition():
+                    os.kill(os.getpid(), signal.SIGINT)
+                    return
+                time.sleep(0.05)
+
+        thread = threading.Thread(target=watch, daemon=True)
+        thread.start()
+        watchers.append((stop, thread))
+
+    yield start
+    for stop, thread in watchers:
+        stop.set()
+        thread.join()

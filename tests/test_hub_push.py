@@ -116,8 +116,12 @@ def test_push_uploads_exactly_the_perspective_in_one_commit(trained, tmp_path):
     added = api.added()
     assert sorted(added) == ["README.md"] + [f"fidelity/{name}" for name in UPLOADED]
     assert api.deleted() == []
-    for name in set(UPLOADED) - {"README.md", "metrics.json"}:
+    for name in set(UPLOADED) - {"README.md", "metrics.json", "config.json"}:
         assert added[f"fidelity/{name}"] == (trained / name).read_bytes(), name  # uploaded as saved
+    # config.json as saved, but for the local path the VLM config was loaded from (tests/test_push_local_dir.py)
+    saved = json.loads((trained / "config.json").read_text())
+    saved["vlm_config"]["_name_or_path"] = None
+    assert json.loads(added["fidelity/config.json"]) == saved
     assert json.loads(added["fidelity/metrics.json"]) == {"mjbench_fidelity": {"accuracy": 0.8}}
     card = added["fidelity/README.md"].decode()
     assert card.startswith("---\n") and "base_model: org/tiny-llava" in card

@@ -96,7 +96,8 @@ def load_preference_data(
     if ties:
         logger.warning("%s: dropped %d tied pairs (no preference to learn).", found.name, ties)
     if not rows:
-        raise InputError(f"{found.name}: no usable rows.")
+        why = f": all {ties} pairs are ties, which have no preference to learn" if ties else ""
+        raise InputError(f"{found.name}: no usable rows{why}.")
     present = {key for row in rows for key in row}
     columns = [key for key in (PAIR_COLUMNS if "chosen" in present else LABELLED_COLUMNS) if key in present]
     dataset = datasets.Dataset.from_dict({key: [row.get(key) for row in rows] for key in columns})
@@ -153,6 +154,11 @@ def _check_images(dataset: datasets.Dataset, on_bad_image: str, name: str) -> da
             kept.append(index)
         except InputError as error:
             failures.append(str(error))
+    if failures and not kept:
+        raise InputError(
+            f"{name}: no rows left: the images of all {len(failures)} rows are unreadable (on_bad_image='skip'); "
+            f"first: {failures[0]}"
+        )
     if failures:
         logger.warning(
             "%s: skipped %d of %d rows with unreadable images (on_bad_image='skip'); first: %s",
@@ -211,7 +217,11 @@ class LlavaRewardDataCollator:
         return batch
 
     def _encode(self, examples: list[dict], items: list[tuple]) -> dict:
-        prompts = [prompt for prompt, _, _ in items]
+        # Checked here, where each prompt's data row is known: the processor could only name its batch position.
+        prompts = [
+            self.processor.check_prompt(prompt, name=f"row {_row_of(example, column)}'s {column} prompt")
+            for prompt, example, column in items
+        ]
         images = [decode_image(example[column], _row_of(example, column), column) for _, example, column in items]
         return dict(self.processor(prompts, images))
 

@@ -18,6 +18,7 @@ and, at the end, the trained perspective itself (an adapter bundle, or a full mo
 import argparse
 import dataclasses
 import difflib
+import json
 import logging
 import re
 import sys
@@ -28,6 +29,7 @@ import yaml
 
 from llava_reward.configuration import named_file
 from llava_reward.configuration import names
+from llava_reward.image_inputs import missing_path_problem
 
 
 logger = logging.getLogger(__name__)
@@ -103,6 +105,8 @@ def load_recipe(path, overrides: dict | None = None) -> Recipe:
     try:
         path = named_file("recipes", path)
     except FileNotFoundError as error:
+        if Path(path).is_symlink():  # a broken link or a loop: say which
+            raise RecipeError(f"Recipe {path}: {missing_path_problem(path)}.") from None
         raise RecipeError(f"Recipe {error}") from None
     raw = yaml.load(path.read_text(), Loader=RecipeLoader) or {}
     if not isinstance(raw, dict) or set(raw) - set(SECTIONS):
@@ -154,33 +158,87 @@ def parse_overrides(tokens: list[str]) -> dict:
     return overrides
 
 
+CHECKPOINT = re.compile(r"checkpoint-(\d+)")  # the folders `transformers.Trainer` saves, by global step
+TRAINER_STATE = "trainer_state.json"  # written last of a checkpoint's files: its presence ends a save
+
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why the checkpoint `folder` cannot be resumed from (a save cut short by a kill), or None if it is complete.
+
+    The Trainer writes a checkpoint's weights, optimizer, scheduler and random states, then `trainer_state.json`:
+    a checkpoint is complete when that file is there, parses, and records the folder's step, and when every
+    safetensors file in it has a readable header.
+    """
+    from safetensors import SafetensorError
+    from safetensors import safe_open
+
+    if not (folder / TRAINER_STATE).is_file():
+        return f"no {TRAINER_STATE}: its save was interrupted"
+    try:
+        step = json.loads((folder / TRAINER_STATE).read_text(encoding="utf-8"))["global_step"]
+    except (ValueError, KeyError, TypeError, OSError):
+        return f"{TRAINER_STATE} is cut short or unreadable: its save was interrupted"
+    if (match := CHECKPOINT.fullmatch(folder.name)) and step != int(match.group(1)):
+        return f"{TRAINER_STATE} records step {step}"
+    for weights in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(weights, framework="pt"):
+                pass
+        except (SafetensorError, OSError) as error:
+            return f"{weights.name} is not a readable safetensors file ({error})"
+    return None
+
+
+def latest_complete_checkpoint(output_dir) -> tuple[Path | None, list[str]]:
+    """The newest complete `checkpoint-N` of `output_dir` (None if there is none), and a note on each newer one
+    that is incomplete."""
+    folders = [path for path in Path(output_dir).glob("checkpoint-*") if CHECKPOINT.fullmatch(path.name) and path.is_dir()]
+    skipped = []
+    for folder in sorted(folders, key=lambda path: int(CHECKPOINT.fullmatch(path.name).group(1)), reverse=True):
+        if (problem := checkpoint_problem(folder)) is None:
+            return folder, skipped
+        skipped.append(f"{folder.name} is incomplete ({problem})")
+    return None, skipped
+
+
+def resume_checkpoint(resume: bool | str, output_dir, *, announce: bool = True) -> str:
+    """The checkpoint `--resume` continues from: the given one (if complete), or the newest complete one in
+    `output_dir`; says which (when `announce`), and which newer ones it skipped (they are written again when
+    training reaches their step)."""
+    if isinstance(resume, str):
+        problem = checkpoint_problem(Path(resume)) if Path(resume).is_dir() else "not a folder"
+        if problem is not None:
+            raise RecipeError(f"--resume {resume}: cannot resume from it: {problem}.")
+        return resume
+    checkpoint, skipped = latest_complete_checkpoint(output_dir) if Path(output_dir).is_dir() else (None, [])
+    if checkpoint is None:
+        found = f" ({'; '.join(skipped)})" if skipped else ""
+        raise RecipeError(f"--resume: no checkpoint to resume from in {output_dir}{found}.")
+    if announce:
+        for note in skipped:
+            print(f"[llava-reward] {note}: skipped; it is written again when training reaches its step")
+        print(f"[llava-reward] resuming from {checkpoint}")
+    return str(checkpoint)
+
+
 def train(recipe: Recipe, resume: bool | str = False):
     """Build the model, processor and data of `recipe`, train, and save the result to `output_dir`.
 
     `resume`: `True` continues from the last `checkpoint-N` in `output_dir`; a path continues from that checkpoint.
     Returns the `LlavaRewardTrainer`.
     """
-    import torch
-    from transformers import set_seed
-    from transformers.trainer_utils import get_last_checkpoint
-
-    from llava_reward import LlavaRewardModel
-    from llava_reward import LlavaRewardProcessor
+    from llava_reward.files import make_folder
+    from llava_reward.image_inputs import InputError
 
     from .data import load_preference_data
     from .trainer import LlavaRewardTrainer
 
     model_args, data_args, args = recipe.model, recipe.data, recipe.training
-    checkpoint = None
-    if resume:
-        if isinstance(resume, str):
-            checkpoint = resume
-        else:
-            checkpoint = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
-        if checkpoint is None or not Path(checkpoint).is_dir():
-            raise RecipeError(
-                f"--resume: no checkpoint to resume from in {resume if isinstance(resume, str) else args.output_dir}."
-            )
+    try:  # before anything slow: an output folder that cannot be written fails now, not after training
+        make_folder(args.output_dir)
+    except InputError as error:
+        raise RecipeError(f"`training.output_dir` {error}") from None
+    checkpoint = resume_checkpoint(resume, args.output_dir, announce=args.process_index == 0) if resume else None
 
     with args.main_process_first(desc="loading the data"):
         train_dataset = load_preference_data(
@@ -200,27 +258,7 @@ def train(recipe: Recipe, resume: bool | str = False):
             on_bad_row=data_args.on_bad_row,
         )
 
-    # A local base is recorded as an absolute path: the saved bundle must find it from any working directory.
-    base_model = (
-        str(Path(model_args.base_model).resolve()) if Path(model_args.base_model).is_dir() else model_args.base_model
-    )
-    set_seed(args.seed)  # the reward head's initialisation
-    model = LlavaRewardModel.from_vlm(
-        base_model,
-        revision=model_args.revision,
-        trust_remote_code=model_args.trust_remote_code,
-        dtype=getattr(torch, model_args.dtype) if model_args.dtype != "auto" else "auto",
-        **({"attn_implementation": model_args.attn_implementation} if model_args.attn_implementation else {}),
-        # The model's config owns objective and tau (its defaults apply when the recipe names neither).
-        **{name: getattr(args, name) for name in ("objective", "tau") if getattr(args, name) is not None},
-        reward_dim=model_args.reward_dim,
-        head=model_args.head,
-        hidden_layer=model_args.hidden_layer,
-        visual_layer=model_args.visual_layer,
-        pooling=model_args.pooling,
-        perspective=model_args.perspective,
-    )
-    processor = LlavaRewardProcessor.from_base(base_model, max_prompt_tokens=model_args.max_prompt_tokens)
+    model, processor = build_model(recipe)
     trainer = LlavaRewardTrainer(
         model, args, train_dataset=train_dataset, eval_dataset=eval_dataset or None, processing_class=processor
     )
@@ -235,6 +273,47 @@ def train(recipe: Recipe, resume: bool | str = False):
     if trainer.is_world_process_zero():
         print(f"[llava-reward] saved the trained {model_args.perspective} reward model to {args.output_dir}")
     return trainer
+
+
+def build_model(recipe: Recipe):
+    """The reward model (a fresh head on the recipe's base VLM) and its processor; `RecipeError` naming the recipe
+    field when the base cannot be loaded or a model field is invalid."""
+    import torch
+    from transformers import set_seed
+
+    from llava_reward import LlavaRewardModel
+    from llava_reward import LlavaRewardProcessor
+
+    model_args, args = recipe.model, recipe.training
+    # A local base is recorded as an absolute path: the saved bundle must find it from any working directory.
+    base_model = (
+        str(Path(model_args.base_model).resolve()) if Path(model_args.base_model).is_dir() else model_args.base_model
+    )
+    if not Path(base_model).exists() and base_model.startswith((".", "/", "~")):  # a path, not a Hub id
+        raise RecipeError(f"`model.base_model` {base_model}: no such folder.")
+    set_seed(args.seed)  # the reward head's initialisation
+    try:
+        model = LlavaRewardModel.from_vlm(
+            base_model,
+            revision=model_args.revision,
+            trust_remote_code=model_args.trust_remote_code,
+            dtype=getattr(torch, model_args.dtype) if model_args.dtype != "auto" else "auto",
+            **({"attn_implementation": model_args.attn_implementation} if model_args.attn_implementation else {}),
+            # The model's config owns objective and tau (its defaults apply when the recipe names neither).
+            **{name: getattr(args, name) for name in ("objective", "tau") if getattr(args, name) is not None},
+            reward_dim=model_args.reward_dim,
+            head=model_args.head,
+            hidden_layer=model_args.hidden_layer,
+            visual_layer=model_args.visual_layer,
+            pooling=model_args.pooling,
+            perspective=model_args.perspective,
+        )
+        processor = LlavaRewardProcessor.from_base(base_model, max_prompt_tokens=model_args.max_prompt_tokens)
+    except OSError as error:  # not a folder or Hub repo with a VLM and its processor (or not in the offline cache)
+        raise RecipeError(f"`model.base_model` {base_model}: cannot load it ({str(error).splitlines()[0]})") from None
+    except ValueError as error:  # a model field the reward config refuses (head, pooling, layers, reward_dim, ...)
+        raise RecipeError(f"{recipe.path} [model]: {error}") from None
+    return model, processor
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
