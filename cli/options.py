@@ -38,6 +38,7 @@ def load_scorer(args: argparse.Namespace):
     """The scorer of `--model` (and `--subfolder`, `--device`, `--dtype`), announced on stderr with what it is;
     `UserInputError` when it cannot load. Without `--model`: the embedded default model (`llava_reward.load`)."""
     from huggingface_hub.errors import HFValidationError
+    from safetensors import SafetensorError
 
     import llava_reward
 
@@ -50,7 +51,9 @@ def load_scorer(args: argparse.Namespace):
     except HFValidationError:
         raise UserInputError(f"--model {name}: no such folder (nor a valid Hub repo id).") from None
     except (OSError, ValueError) as error:  # not a model folder, a base that is not here, an unreachable Hub repo
-        raise UserInputError(f"--model {name}: cannot load a LLaVA-Reward model: {error}") from None
+        raise UserInputError(f"--model {name}: cannot load a LLaVA-Reward model: {_first_line(error)}") from None
+    except SafetensorError as error:  # a weights file cut short or overwritten
+        raise UserInputError(f"--model {name}: a weights file is not valid safetensors ({_first_line(error)}).") from None
     config = scorer.model.config
     print(
         f"llava-reward {args.command}: model {name}" + (f" ({args.subfolder})" if args.subfolder else "")
@@ -59,6 +62,10 @@ def load_scorer(args: argparse.Namespace):
         file=sys.stderr,
     )
     return scorer
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def checked_device(name: str | None):

@@ -317,7 +317,10 @@ class LlavaRewardModel(LlavaRewardPreTrainedModel):
         Raises a `ValueError` naming the file when its tensors are not exactly the ones this model trains, with the
         same shapes. (`image_newline`, trained with LLaVA-NeXT projectors by llava-reward 0.1, is still read.)
         """
-        saved = load_file(weights_file)
+        try:
+            saved = load_file(weights_file)
+        except Exception as error:  # safetensors' SafetensorError: a file cut short or overwritten
+            raise ValueError(f"{weights_file}: not a readable safetensors file ({error}).") from None
         parameters = dict(self.named_parameters())
         expected = self.reward_head_state_dict()
         legacy = {name for name in saved.keys() - expected.keys() if name.endswith("image_newline") and name in parameters}

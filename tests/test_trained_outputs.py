@@ -130,3 +130,27 @@ def test_recipes_accelerate_configs_and_metrics_by_name(tmp_path):
     assert metric.compute(chosen_scores=[1.0], rejected_scores=[0.0], num_bootstrap=0)["accuracy_with_ties"] == 1.0
     missing = cli("train", "--config", "no_such_recipe", cwd=tmp_path)
     assert missing.returncode == 1 and "nor the name of a shipped recipe (default_fidelity, " in missing.stderr
+
+
+def test_broken_model_folders_are_named_in_one_line(tiny_trained, tmp_path):
+    import shutil
+
+    lora, full = (shutil.copytree(tiny_trained[name], tmp_path / name, ignore=shutil.ignore_patterns("checkpoint-*"))
+                  for name in ("lora", "full"))
+    shutil.copytree(tiny_trained["work"] / "tiny-task" / "base", tmp_path / "base")
+    image = next((tiny_trained["work"] / "tiny-task" / "images").glob("*.png"))
+    (lora / "reward_head.safetensors").write_bytes((lora / "reward_head.safetensors").read_bytes()[:100])
+    (full / "model.safetensors").write_bytes((full / "model.safetensors").read_bytes()[:1000])
+    config = json.loads((tmp_path / "full" / "config.json").read_text())
+    (tmp_path / "unknown").mkdir()
+    shutil.copytree(tiny_trained["full"], tmp_path / "unknown" / "m", ignore=shutil.ignore_patterns("checkpoint-*"))
+    (tmp_path / "unknown" / "m" / "config.json").write_text(json.dumps({**config, "objective": "elo"}))
+    for folder, message in (
+        (lora, "reward_head.safetensors: not a readable safetensors file ("),
+        (full, "a weights file is not valid safetensors ("),
+        (tmp_path / "unknown" / "m", "`objective` must be one of ('bt', 'gpm', 'ce'), got 'elo'"),
+    ):
+        done = cli("score", "--model", folder, "--prompt", "a red square", image, cwd=tmp_path)
+        last = done.stderr.strip().splitlines()[-1]  # after the base model's loading bar, if any
+        assert done.returncode == 1 and "Traceback" not in done.stderr and message in last, done.stderr
+        assert last.startswith(f"llava-reward score: error: --model {folder}: ")
