@@ -111,7 +111,8 @@ def test_resume_after_a_kill_during_a_checkpoint_save_takes_the_newest_complete_
 def test_ctrl_c_exits_130_and_says_how_to_resume(workdir, tmp_path, monkeypatch, capsys, sigint_when):
     output = tmp_path / "reward"
     monkeypatch.chdir(workdir)
-    sigint_when(lambda: (output / "checkpoint-2" / "trainer_state.json").is_file())
+    # checkpoint-4 begun means checkpoint-2 is finished (a trainer_state.json seen mid-write would not be readable yet)
+    sigint_when(lambda: (output / "checkpoint-4").is_dir())
 
     code = cli_main(["train", "--config", TINY, "--max_steps", "500", "--save_steps", "2", "--eval_strategy", "no",
                      "--per_device_train_batch_size", "2", "--output_dir", str(output)])

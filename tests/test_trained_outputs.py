@@ -113,7 +113,7 @@ def test_the_command_line_says_what_it_loaded_reports_plain_progress_and_refuses
     assert "FutureWarning" not in done.stderr and "Traceback" not in done.stderr
     device = cli("score", "--model", model, "--prompt", "x", images[0], "--device", "cuda:7", cwd=work)
     assert device.returncode == 1
-    assert device.stderr.startswith("llava-reward score: error: --device cuda:7: not available here (")
+    assert device.stderr.startswith("llava-reward score: error: --device cuda:7: no cuda device is available (")
     assert device.stderr.count("\n") == 1
 
 
