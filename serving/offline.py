@@ -34,7 +34,6 @@ import hashlib
 import json
 import os
 import re
-import sys
 import time
 from dataclasses import dataclass
 from dataclasses import field
@@ -52,6 +51,7 @@ from llava_reward.files import write_text
 from llava_reward.image_inputs import InputError
 from llava_reward.image_inputs import load_image
 from llava_reward.objectives import get_objective
+from llava_reward.progress import iterate
 from llava_reward.scoring import score_rows
 
 from .loading import LoadedScorer
@@ -59,7 +59,6 @@ from .loading import LoadedScorer
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
 MANIFEST = "scoring.json"
-PLAIN = "plain"  # the `progress` value for a line per shard written (logs), as across the package
 # A row between the driver and the scorer actors. `head`: the JSON of the output line's leading fields; per image,
 # `paths` holds its file or `data` its encoded bytes; `error`: why the row cannot be scored (then nothing else).
 HOP_SCHEMA = pa.schema(
@@ -257,13 +256,11 @@ class ShardWriter:
     the mark that the shard is done.
     """
 
-    def __init__(self, output_dir: Path, num_rows: int, shard_size: int, progress=None):
+    def __init__(self, output_dir: Path, num_rows: int, shard_size: int):
         self.output_dir, self.num_rows, self.shard_size = output_dir, num_rows, shard_size
         self.shards = -(-num_rows // shard_size)
         self.pending: dict[int, dict[int, dict]] = {}
         self.written: list[Path] = []
-        self.progress = progress
-        self.started = time.monotonic()
         self.first_rows_at: float | None = None  # time.monotonic() of the first scored rows
 
     def path(self, shard: int, kind: str = "shard") -> Path:
@@ -272,14 +269,18 @@ class ShardWriter:
     def rows_of(self, shard: int) -> range:
         return range(shard * self.shard_size, min((shard + 1) * self.shard_size, self.num_rows))
 
-    def add(self, table: pa.Table):
+    def add(self, table: pa.Table) -> list[int]:
+        """Take scored rows; returns the shards they completed (now written)."""
         self.first_rows_at = self.first_rows_at or time.monotonic()
+        completed = []
         for record in table.to_pylist():
             shard = record["index"] // self.shard_size
             self.pending.setdefault(shard, {})[record["index"]] = record
             if len(self.pending[shard]) == len(self.rows_of(shard)):
-                self._write(shard, [self.pending[shard][index] for index in self.rows_of(shard)])
-                del self.pending[shard]
+                records = self.pending.pop(shard)
+                self._write(shard, [records[index] for index in self.rows_of(shard)])
+                completed.append(shard)
+        return completed
 
     def _write(self, shard: int, records: list[dict]):
         skipped = [json.dumps({"row": json.loads(record["row"]), "problem": record["error"]}) + "\n"
@@ -288,10 +289,6 @@ class ShardWriter:
             write_text(self.path(shard, "skipped"), "".join(skipped))
         final = write_text(self.path(shard), "".join(record["line"] + "\n" for record in records if record["line"]))
         self.written.append(final)
-        if self.progress == PLAIN:
-            rate = len(self.written) / max(time.monotonic() - self.started, 1e-9)
-            print(f"scoring: shard {shard + 1} of {self.shards} written ({len(self.written)} this run, "
-                  f"{rate:.3g} shards/s)", file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -368,8 +365,8 @@ def score_dataset(
         skip_bad (`bool`): list bad rows in `skipped-*` files instead of stopping at the first.
         ray_address (`str`, *optional*): join this cluster (`"auto"`: the running one); default: the running Ray, or
             a local one started for this call and stopped after it.
-        progress: Ray Data's progress bars (`None`: on a terminal; `True`; `False`), or `"plain"` for a line per
-            shard written.
+        progress: shards written, as `llava_reward.progress` shows them (`None`: a bar on a terminal; `True`;
+            `False`; `"plain"`: lines for logs).
 
     Returns:
         `ScoringSummary`: the shards written by this call and those skipped as finished before.
@@ -398,7 +395,7 @@ def score_dataset(
         "base_model": base_model,
     }
     _check_output_dir(output_dir, manifest)
-    writer = ShardWriter(output_dir, len(rows), shard_size, progress)
+    writer = ShardWriter(output_dir, len(rows), shard_size)
     for stale in [*output_dir.glob(".shard-*.tmp"), *output_dir.glob(".skipped-*.tmp")]:  # an interrupted write
         stale.unlink()
     pending = [shard for shard in range(writer.shards) if not writer.path(shard).is_file()]
@@ -424,8 +421,7 @@ def score_dataset(
 
 def _run(blocks: list[pa.Table], writer: ShardWriter, load: dict, name: str, *, skip_bad: bool, num_workers: int,
          num_cpus: float, num_gpus: float, threads: int | None, batch_size: int, progress):
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = progress is True or (progress is None and sys.stderr.isatty())
+    ray.data.DataContext.get_current().enable_progress_bars = False  # progress is counted in shards, below
     dataset = ray.data.from_arrow(blocks).map_batches(  # one block per shard
         ScoringActor,
         fn_constructor_args=(load,),
@@ -436,9 +432,11 @@ def _run(blocks: list[pa.Table], writer: ShardWriter, load: dict, name: str, *, 
         num_cpus=num_cpus,
         num_gpus=num_gpus,
     )
+    shards = (shard for table in dataset.iter_batches(batch_size=None, batch_format="pyarrow")
+              for shard in writer.add(table))
     try:
-        for table in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
-            writer.add(table)
+        for _ in iterate(shards, total=len(blocks), desc="scoring", unit="shard", progress=progress):
+            pass
     except ray.exceptions.RayError as error:
         # Ray keeps only the text of the actor's error: give the user our one-line message, Ray's as the cause.
         ours = re.findall(r"InputError: (row .*)", str(error))
