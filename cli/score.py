@@ -61,7 +61,8 @@ def register(subparsers) -> None:
         help="reward of each image for a prompt, or of each row of a JSON/JSONL file",
         description="Score images with a LLaVA-Reward model: one JSON line per image (or per file row).",
         epilog=EPILOG + "\nExamples:\n  llava-reward score --model my-reward --prompt 'a red cat' cat1.png cat2.png\n"
-        "  llava-reward score --model my-reward --input pairs.json --output rewards.jsonl\n",
+        "  llava-reward score --model my-reward --input pairs.json --output rewards.jsonl\n"
+        "  llava-reward score --engine ray --num-workers 4 --model my-reward --input pairs.json --output scores/\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     score.add_argument(
@@ -371,9 +372,9 @@ def _prepare(processor, row: Row) -> tuple[list[str], list]:
 
 def _add_ray_arguments(parser: argparse.ArgumentParser) -> None:
     ray = parser.add_argument_group(
-        "--engine ray", "score --input with Ray Data actors (the `serve` extra), writing resumable shards of the "
-        "lines above to the --output folder; --input may also be a folder of images (with one --prompt, or caption "
-        ".txt files beside them)"
+        "--engine ray", "score --input with Ray Data actors (the `serve` extra), writing the same JSON lines as "
+        "resumable shards into the --output folder; --input may also be a folder of images (with one --prompt, or "
+        "caption .txt files beside them)"
     )
     ray.add_argument("--engine", choices=("local", "ray"), default="local", help="local (default) or ray")
     ray.add_argument("--num-workers", type=positive_int, default=1, metavar="K", help="scorer actors (1)")
@@ -388,6 +389,8 @@ def run_ray(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from llava_reward.image_inputs import InputError
     from llava_reward.serving import score_dataset
 
+    from .serve import check_model
+
     if args.images or not args.input or not args.output:
         parser.error("--engine ray scores --input SOURCE (data file or folder, or image folder) into --output DIR")
     if args.prompt is not None and len(args.prompt) > 1:
@@ -396,16 +399,20 @@ def run_ray(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error("give --subfolder (one perspective) or --perspectives (several), not both")
     if args.image_root is not None and not Path(args.image_root).is_dir():
         raise UserInputError(f"--image-root {args.image_root}: no such folder.")
-    device = checked_device(args.device) if args.ray_address is None else args.device  # a cluster's own devices
+    perspectives = [name.strip() for name in (args.perspectives or "").split(",") if name.strip()] or None
+    model = args.model if args.model is not None else "default"
+    device = args.device  # a cluster's own
+    if args.ray_address is None:  # a local Ray: the actors run on this machine, and read the model here
+        device = checked_device(args.device)
+        check_model(model, args.subfolder, perspectives)
     try:
         summary = score_dataset(
-            args.model if args.model is not None else "default",
+            model,
             args.input,
             args.output,
             prompt=args.prompt[0] if args.prompt else None,
             image_root=args.image_root,
-            perspectives=[name.strip() for name in args.perspectives.split(",") if name.strip()] if args.perspectives
-            else None,
+            perspectives=perspectives,
             subfolder=args.subfolder,
             device=None if device is None else str(device),
             dtype=args.dtype,

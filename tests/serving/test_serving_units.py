@@ -187,8 +187,17 @@ def test_serve_command_refuses_bad_values_in_one_line_before_starting_ray(flags,
     error = capsys.readouterr().err
     assert code == 1 and error.startswith("llava-reward serve: error: ") and message in error
     assert error.count("\n") == 1
-    assert main(["serve", "--model", str(tmp_path / "missing")]) == 1
-    assert "--model " + str(tmp_path / "missing") + ": no such folder." in capsys.readouterr().err
+
+
+def test_serve_and_ray_score_refuse_a_model_they_cannot_read_before_starting_ray(capsys, tmp_path):
+    for command in (["serve"], ["score", "--engine", "ray", "--input", str(tmp_path), "--output", str(tmp_path / "o")]):
+        assert main([*command, "--model", str(tmp_path / "missing")]) == 1
+        assert f"--model {tmp_path / 'missing'}: no such folder." in capsys.readouterr().err
+        assert main([*command, "--model", str(tmp_path)]) == 1  # a folder, but no reward model in it
+        assert f"--model {tmp_path}: not a LLaVA-Reward model ({tmp_path} holds no config.json)." in \
+            capsys.readouterr().err
+        assert main([*command, "--model", str(tmp_path), "--perspectives", "alignment"]) == 1
+        assert f"--model {tmp_path} (alignment): no such folder {tmp_path / 'alignment'}." in capsys.readouterr().err
 
 
 # --- The client's retries, against a real HTTP server on loopback -------------------------------------------------
@@ -362,12 +371,12 @@ def test_shard_writer_writes_whole_shards_in_row_order_whatever_order_rows_arriv
             "error": ["broken" if index in bad else None for index in indices],
         })
 
-    writer.add(part([4, 0]))
+    assert writer.add(part([4, 0])) == []
     assert list(tmp_path.iterdir()) == []  # no shard is complete: nothing written, not even partly
-    writer.add(part([6, 2, 1], bad=[1]))
+    assert writer.add(part([6, 2, 1], bad=[1])) == [2, 0]
     assert sorted(path.name for path in tmp_path.iterdir()) == [
         "shard-00000-of-00003.jsonl", "shard-00002-of-00003.jsonl", "skipped-00000-of-00003.jsonl"]
-    writer.add(part([5, 3]))
+    assert writer.add(part([5, 3])) == [1]
     assert [row["row"] for row in read_scores(tmp_path)] == [0, 2, 3, 4, 5, 6]
     assert read_scores(tmp_path)[1] == {"row": 2, "reward": 0.2}
     assert read_skipped(tmp_path) == [BadRow(1, "broken")]
