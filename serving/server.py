@@ -1,8 +1,8 @@
 """The reward service on Ray Serve: one deployment holding the scorer, dynamic batching, FastAPI ingress.
 
-Endpoints (JSON only; formats in `llava_reward.serving.protocol`): `POST /score`, `POST /compare`, `GET /healthz` (the replica
-answers), `GET /readyz` (the model is loaded and has scored a warm-up image), `GET /info` (model, perspectives with
-their objective and tau, package version, batching and limits).
+Endpoints (JSON only; formats in `llava_reward.serving.protocol`): `POST /score`, `POST /compare`, `GET /healthz`
+(the replica answers), `GET /readyz` (the model is loaded and has scored a warm-up image), `GET /info` (model,
+perspectives with their objective and tau, package version, batching and limits).
 
 How a request flows: the body is read under the size limit, checked field by field, its images decoded in a worker
 thread (under the pixel limit); each (prompt, image) pair then joins `@serve.batch`'s queue, so that images of

@@ -190,7 +190,8 @@ def test_serve_command_refuses_bad_values_in_one_line_before_starting_ray(flags,
 
 
 def test_serve_and_ray_score_refuse_a_model_they_cannot_read_before_starting_ray(capsys, tmp_path):
-    for command in (["serve"], ["score", "--engine", "ray", "--input", str(tmp_path), "--output", str(tmp_path / "o")]):
+    ray_score = ["score", "--engine", "ray", "--input", str(tmp_path), "--output", str(tmp_path / "o")]
+    for command in (["serve"], ray_score):
         assert main([*command, "--model", str(tmp_path / "missing")]) == 1
         assert f"--model {tmp_path / 'missing'}: no such folder." in capsys.readouterr().err
         assert main([*command, "--model", str(tmp_path)]) == 1  # a folder, but no reward model in it
