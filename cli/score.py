@@ -74,7 +74,7 @@ def register(subparsers) -> None:
     score.add_argument("images", nargs="*", metavar="IMAGE", help="image files to score")
     _add_shared_arguments(score)
     _add_ray_arguments(score)
-    score.set_defaults(func=functools.partial(run, parser=score))
+    score.set_defaults(func=functools.partial(run, parser=score), resume_hint=resume_hint)
 
     compare = subparsers.add_parser(
         "compare",
@@ -382,6 +382,13 @@ def _add_ray_arguments(parser: argparse.ArgumentParser) -> None:
     ray.add_argument("--shard-size", type=positive_int, default=1024, metavar="N", help="rows per shard (1024)")
     ray.add_argument("--perspectives", metavar="A,B", help="score these perspective subfolders of --model")
     ray.add_argument("--ray-address", help="join this Ray cluster ('auto': the running one); default: a local Ray")
+
+
+def resume_hint(args: argparse.Namespace) -> str | None:
+    """What to do after Ctrl-C: `--engine ray` resumes from the shards already written; the local engine restarts."""
+    if getattr(args, "engine", "local") != "ray":
+        return None
+    return f"run the same command again to score only the shards not yet in {args.output}"
 
 
 def run_ray(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:

@@ -46,6 +46,7 @@ import torch
 from llava_reward.data_formats import BadRow
 from llava_reward.data_formats import mjbench_subsets
 from llava_reward.data_formats import read_rows
+from llava_reward.files import make_folder
 from llava_reward.files import write_json
 from llava_reward.files import write_text
 from llava_reward.image_inputs import InputError
@@ -324,6 +325,7 @@ def _check_output_dir(output_dir: Path, manifest: dict):
         return
     if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())):
         raise InputError(f"output folder {output_dir}: not empty and holds no {MANIFEST}; choose a new or empty one.")
+    make_folder(output_dir)  # or a one-line reason it cannot be one
     write_json(manifest_path, manifest)
 
 
