@@ -7,13 +7,13 @@ Example:
     ('accelerate', 'ddp')
 """
 
-KINDS = ("recipes", "accelerate", "metrics")
+KINDS = ("recipes", "accelerate", "serve", "metrics")
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "paths",
-        help="print the path of a shipped recipe, accelerate config or metric module (or list them)",
+        help="print the path of a shipped recipe, accelerate or Ray Serve config, or metric module (or list them)",
         description=(
             "Print where this installation keeps a shipped file, e.g. "
             '`accelerate launch --config_file "$(llava-reward paths accelerate ddp)" -m llava_reward.cli train ...` '

@@ -61,7 +61,8 @@ def register(subparsers) -> None:
         help="reward of each image for a prompt, or of each row of a JSON/JSONL file",
         description="Score images with a LLaVA-Reward model: one JSON line per image (or per file row).",
         epilog=EPILOG + "\nExamples:\n  llava-reward score --model my-reward --prompt 'a red cat' cat1.png cat2.png\n"
-        "  llava-reward score --model my-reward --input pairs.json --output rewards.jsonl\n",
+        "  llava-reward score --model my-reward --input pairs.json --output rewards.jsonl\n"
+        "  llava-reward score --engine ray --num-workers 4 --model my-reward --input pairs.json --output scores/\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     score.add_argument(
@@ -72,7 +73,8 @@ def register(subparsers) -> None:
     )
     score.add_argument("images", nargs="*", metavar="IMAGE", help="image files to score")
     _add_shared_arguments(score)
-    score.set_defaults(func=functools.partial(run, parser=score))
+    _add_ray_arguments(score)
+    score.set_defaults(func=functools.partial(run, parser=score), resume_hint=resume_hint)
 
     compare = subparsers.add_parser(
         "compare",
@@ -104,6 +106,10 @@ def _add_shared_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    if getattr(args, "engine", "local") == "ray":
+        return run_ray(args, parser)
+    if getattr(args, "perspectives", None):
+        parser.error("--perspectives needs --engine ray (the local engine scores one perspective: --subfolder)")
     _check_usage(args, parser)
     # Rows are read and their images found before the model loads: a malformed file fails in a second.
     file_run = FileRun(args, read_rows(args.input, args.image_root)) if args.input else None
@@ -359,3 +365,77 @@ def _prepare(processor, row: Row) -> tuple[list[str], list]:
     name = f"row {row.number}'s prompt"
     truncated = {prompt: processor.truncate_prompt(prompt, name=name) for prompt in dict.fromkeys(prompts)}
     return [truncated[prompt] for prompt in prompts], images
+
+
+# ---------------------------------------------------------------- --engine ray
+
+
+def _add_ray_arguments(parser: argparse.ArgumentParser) -> None:
+    ray = parser.add_argument_group(
+        "--engine ray", "score --input with Ray Data actors (the `serve` extra), writing the same JSON lines as "
+        "resumable shards into the --output folder; --input may also be a folder of images (with one --prompt, or "
+        "caption .txt files beside them)"
+    )
+    ray.add_argument("--engine", choices=("local", "ray"), default="local", help="local (default) or ray")
+    ray.add_argument("--num-workers", type=positive_int, default=1, metavar="K", help="scorer actors (1)")
+    ray.add_argument("--num-gpus", type=float, default=0.0, metavar="G", help="GPUs per actor (0)")
+    ray.add_argument("--shard-size", type=positive_int, default=1024, metavar="N", help="rows per shard (1024)")
+    ray.add_argument("--perspectives", metavar="A,B", help="score these perspective subfolders of --model")
+    ray.add_argument("--ray-address", help="join this Ray cluster ('auto': the running one); default: a local Ray")
+
+
+def resume_hint(args: argparse.Namespace) -> str | None:
+    """What to do after Ctrl-C: `--engine ray` resumes from the shards already written; the local engine restarts."""
+    if getattr(args, "engine", "local") != "ray":
+        return None
+    return f"run the same command again to score only the shards not yet in {args.output}"
+
+
+def run_ray(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """`llava-reward score --engine ray --num-workers K --input SOURCE --output DIR`."""
+    from llava_reward.image_inputs import InputError
+    from llava_reward.serving import score_dataset
+
+    from .serve import check_model
+
+    if args.images or not args.input or not args.output:
+        parser.error("--engine ray scores --input SOURCE (data file or folder, or image folder) into --output DIR")
+    if args.prompt is not None and len(args.prompt) > 1:
+        parser.error("--engine ray takes one --prompt (for every image of a folder); data rows hold their own")
+    if args.perspectives and args.subfolder:
+        parser.error("give --subfolder (one perspective) or --perspectives (several), not both")
+    if args.image_root is not None and not Path(args.image_root).is_dir():
+        raise UserInputError(f"--image-root {args.image_root}: no such folder.")
+    perspectives = [name.strip() for name in (args.perspectives or "").split(",") if name.strip()] or None
+    model = args.model if args.model is not None else "default"
+    device = args.device  # a cluster's own
+    if args.ray_address is None:  # a local Ray: the actors run on this machine, and read the model here
+        device = checked_device(args.device)
+        check_model(model, args.subfolder, perspectives)
+    try:
+        summary = score_dataset(
+            model,
+            args.input,
+            args.output,
+            prompt=args.prompt[0] if args.prompt else None,
+            image_root=args.image_root,
+            perspectives=perspectives,
+            subfolder=args.subfolder,
+            device=None if device is None else str(device),
+            dtype=args.dtype,
+            num_workers=args.num_workers,
+            num_gpus=args.num_gpus,
+            batch_size=args.batch_size,
+            shard_size=args.shard_size,
+            skip_bad=args.skip_bad,
+            ray_address=args.ray_address,
+            progress=progress_option(args),
+        )
+    except InputError as error:
+        raise UserInputError(str(error)) from None
+    for bad in summary.bad_rows:
+        print(f"llava-reward score: skipped {bad}", file=sys.stderr)
+    print(f"llava-reward score: scored {summary.num_rows - len(summary.bad_rows)} of {summary.num_rows} rows of "
+          f"{args.input} into {len(summary.files)} shards in {args.output} ({len(summary.written)} written now, "
+          f"{len(summary.skipped)} done before); skipped {len(summary.bad_rows)}.", file=sys.stderr)
+    return 0

@@ -4,6 +4,7 @@
 | --- | --- | --- |
 | `recipes` | training recipes (`llava-reward train --config NAME`) | `tiny`, `qwen2_5_vl_alignment`, `default_fidelity` |
 | `accelerate` | accelerate configs (`accelerate launch --config_file "$(llava-reward paths accelerate ddp)"`) | `ddp`, `fsdp`, `deepspeed_zero3` |
+| `serve` | Ray Serve configs (copy `"$(llava-reward paths serve reward_service)"`, set its model, `serve deploy` it) | `reward_service` |
 
 A name that is an existing file is taken as it is (a user's own recipe); otherwise it names a shipped file, with or
 without its `.yaml`.
@@ -20,8 +21,8 @@ import os
 from pathlib import Path
 
 
-FOLDERS = {kind: Path(__file__).parent / kind for kind in ("recipes", "accelerate")}
-LABELS = {"recipes": "recipe", "accelerate": "accelerate config"}
+FOLDERS = {kind: Path(__file__).parent / kind for kind in ("recipes", "accelerate", "serve")}
+LABELS = {"recipes": "recipe", "accelerate": "accelerate config", "serve": "Ray Serve config"}
 
 
 def names(kind: str) -> list[str]:

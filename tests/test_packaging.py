@@ -12,7 +12,7 @@ import pytest
 REPOSITORY = Path(__file__).resolve().parents[1]
 # Folder -> installed name (setup.cfg's package_dir); the core may import none of the layers above it.
 CORE = "modeling_llava_reward"
-MIDDLE = {"trainers": "trainers", "evaluation": "evaluation", "hub_cards": "hub_cards"}
+MIDDLE = {"trainers": "trainers", "evaluation": "evaluation", "hub_cards": "hub_cards", "serving": "serving"}
 TOP = {"cli": "cli"}
 
 
@@ -80,5 +80,7 @@ def test_the_wheel_holds_one_top_level_import_name(tmp_path):
         "llava_reward/evaluation/metrics/pairwise_accuracy/pairwise_accuracy.py",
         "llava_reward/hub_cards/templates/perspective_card.md",
         "llava_reward/cli/__init__.py",
+        "llava_reward/configuration/serve/reward_service.yaml",
+        "llava_reward/serving/server.py",
     ):
         assert expected in names
