@@ -92,6 +92,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from llava_reward.evaluation import BadRowsError
     from llava_reward.evaluation import Evaluation
     from llava_reward.evaluation import Protocol
+    from llava_reward.evaluation.processes import Processes
     from llava_reward.image_inputs import InputError
 
     if args.tie_threshold < 0 or args.bootstrap < 0 or not 0 <= args.threshold <= 1:
@@ -110,6 +111,9 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             protocol=protocol,
             reference_benchmark=args.reference_benchmark,
         )
+        processes = Processes()  # one, or those of `accelerate launch` / `torchrun`: they share the rows
+        if args.device is None and processes.num_processes > 1:
+            args.device = str(processes.device)  # each process on its own GPU under a GPU launch
         checked_device(args.device)
         scorer = load_scorer(args)
         metrics = evaluation.run(
@@ -124,6 +128,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         raise UserInputError(f"{error}{hint}") from None
     except InputError as error:
         raise UserInputError(str(error)) from None
+    if metrics is None:  # a process of a launch other than the main one, which reports
+        return 0
     if evaluation.num_resumed:
         print(f"llava-reward evaluate: resumed: {evaluation.num_resumed} rows were already scored in {args.output}", file=sys.stderr)
     _summarize(metrics, args.output)

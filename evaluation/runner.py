@@ -47,6 +47,7 @@ from .benchmarks import LABELLED
 from .benchmarks import PAIRS
 from .benchmarks import RATED
 from .benchmarks import read_benchmark
+from .processes import Processes
 from .report import write_report
 
 
@@ -151,25 +152,39 @@ class Evaluation:
 
         `model` (where the scorer was loaded from) and `model_options` (e.g. subfolder, dtype) identify the run with
         the benchmark and data: resuming into a folder that holds another run's scores raises, unless `overwrite`.
+
+        Launched as several processes (`accelerate launch`, `torchrun`), they share the batches and write the files
+        one process writes (see `evaluation.processes`); the main process returns the metrics, the others None.
         """
         task = TASKS[self.rows.kind](scorer, self.protocol)
         self.skipped = list(self.rows.bad_rows)  # and those the scorer refuses, below
-        header = self._header(scorer, model, model_options or {})
-        with _OutputLock(self.output_dir):
-            return self._run_locked(scorer, task, header, batch_size, overwrite, progress)
+        processes = Processes()
+        store = ScoreFile(self.output_dir / SCORES_FILE, writable=processes.is_main)
+        with contextlib.ExitStack() as held:
 
-    def _run_locked(self, scorer, task, header: dict, batch_size: int, overwrite: bool, progress) -> dict:
-        store = ScoreFile(self.output_dir / SCORES_FILE)
+            def open_output() -> dict:  # the main process's: the lock, the run's identity, the scores so far
+                held.enter_context(_OutputLock(self.output_dir))
+                header = self._header(scorer, model, model_options or {})
+                self._open_store(store, header, overwrite)
+                write_json(self.output_dir / METRICS_FILE, {**header, "status": "running", "running": _this_run()})
+                return header
+
+            header = processes.main_first(open_output)
+            if not processes.is_main:
+                store.load()  # what the main process found scored (its cut-short last line already dropped)
+            self.num_resumed = sum(item.id in store.records for item in self.rows.items)
+            self._score_missing(scorer, task, store, batch_size, progress, processes)
+            return self._write_outputs(scorer, task, store, header) if processes.is_main else None
+
+    def _open_store(self, store: "ScoreFile", header: dict, overwrite: bool) -> None:
         if overwrite:
             store.clear()
         else:
             self._check_same_run(header)
             store.load()
             store.check(self.rows.items)
-        self.num_resumed = sum(item.id in store.records for item in self.rows.items)
-        write_json(self.output_dir / METRICS_FILE, {**header, "status": "running", "running": _this_run()})
-        self._score_missing(scorer, task, store, batch_size, progress)
 
+    def _write_outputs(self, scorer, task, store: "ScoreFile", header: dict) -> dict:
         scored = [item for item in self.rows.items if item.id in store.records]
         if not scored:
             raise InputError(f"{self.data}: no row could be scored.")
@@ -238,22 +253,33 @@ class Evaluation:
                 "choose another output folder, or overwrite it (--overwrite)."
             )
 
-    def _score_missing(self, scorer, task, store: "ScoreFile", batch_size: int, progress) -> None:
+    def _score_missing(self, scorer, task, store: "ScoreFile", batch_size: int, progress, processes) -> None:
         items = self.rows.items
         size = max(1, batch_size // task.images_per_item)
         # Batches are cut from all rows, then emptied of the scored ones: the rows left after an interruption are
-        # batched (and so padded) exactly as in an uninterrupted run.
+        # batched (and so padded) exactly as in an uninterrupted run, and as in a run of any number of processes.
         batches = [[item for item in items[start : start + size] if item.id not in store.records] for start in range(0, len(items), size)]
         batches = [batch for batch in batches if batch]
-        for batch in iterate(batches, total=len(batches), desc="scoring", progress=progress):
-            results = score_rows(scorer, [(item.prompts, item.images) for item in batch], batch_size=batch_size)
-            scored = []
-            for item, rewards in zip(batch, results):
-                if isinstance(rewards, InputError):  # an unreadable image file, or one the image processor refuses
-                    self._skip(BadRow(item.id, str(rewards)))
-                else:
-                    scored.append({**item.fields, **task.scored_fields(rewards)})
-            store.append(scored)
+        count = processes.num_processes
+        rounds = [batches[start : start + count] for start in range(0, len(batches), count)]  # batch k: process k % N
+        shown = progress if processes.is_main else False
+        for batches_of_round in iterate(rounds, total=len(rounds), desc="scoring", progress=shown):
+            mine = batches_of_round[processes.index] if processes.index < len(batches_of_round) else []
+            for part in processes.all_gather_json(self._score_batch(scorer, task, mine, batch_size)):
+                for row, problem in part["skipped"]:
+                    self._skip(BadRow(row, problem))
+                store.append(part["scored"])
+
+    def _score_batch(self, scorer, task, batch: list, batch_size: int) -> dict:
+        """{"scored": records, "skipped": [[row id, problem], ...]} of one batch (JSON, to gather across processes)."""
+        results = score_rows(scorer, [(item.prompts, item.images) for item in batch], batch_size=batch_size)
+        scored, skipped = [], []
+        for item, rewards in zip(batch, results):
+            if isinstance(rewards, InputError):  # an unreadable image file, or one the image processor refuses
+                skipped.append([item.id, str(rewards)])
+            else:
+                scored.append({**item.fields, **task.scored_fields(rewards)})
+        return {"scored": scored, "skipped": skipped}
 
     def _skip(self, bad: BadRow) -> None:
         if not self.skip_bad:
@@ -338,8 +364,9 @@ class _OutputLock:
 class ScoreFile:
     """scores.jsonl: one JSON object per scored row (keyed by its `id`), appended and flushed batch by batch."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, writable: bool = True):
         self.path = path
+        self.writable = writable  # False on the processes of a launch other than the main one: they only read
         self.records: dict[str, dict] = {}
 
     def clear(self) -> None:
@@ -353,7 +380,8 @@ class ScoreFile:
         text = self.path.read_text(encoding="utf-8")
         lines = text.splitlines(keepends=True)
         if lines and not lines[-1].endswith("\n"):
-            self.path.write_text("".join(lines[:-1]), encoding="utf-8")
+            if self.writable:
+                self.path.write_text("".join(lines[:-1]), encoding="utf-8")
             lines = lines[:-1]
         for number, line in enumerate(lines, start=1):
             try:
@@ -379,11 +407,15 @@ class ScoreFile:
                 )
 
     def append(self, records: list[dict]) -> None:
+        if self.writable:
+            self._write(records)
+        self.records.update((record["id"], record) for record in records)
+
+    def _write(self, records: list[dict]) -> None:
         with open(self.path, "a", encoding="utf-8") as file:
             file.writelines(json.dumps(record) + "\n" for record in records)
             file.flush()
             os.fsync(file.fileno())
-        self.records.update((record["id"], record) for record in records)
 
 
 # ---------------------------------------------------------------------------------------------------------- tasks

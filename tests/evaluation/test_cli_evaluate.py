@@ -6,6 +6,9 @@ calls, to spare each one the seconds of importing torch and transformers.
 """
 
 import json
+import math
+import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,7 +26,8 @@ from llava_reward.testing import tiny_images
 from llava_reward.testing import tiny_vlm
 
 
-LLAVA_REWARD = Path(sys.executable).parent / "llava-reward"
+VENV_BIN = Path(sys.executable).parent
+LLAVA_REWARD = VENV_BIN / "llava-reward"
 MJBENCH_HUMAN = Path("/work/shared/data/mjbench_quality/human")
 needs_mjbench = pytest.mark.skipif(not MJBENCH_HUMAN.is_dir(), reason="the shared MJ-Bench data is not on this machine")
 
@@ -149,3 +153,64 @@ def test_user_errors_exit_1_with_one_line_and_usage_errors_exit_2(models, tifa, 
     assert code == 2 and "the following arguments are required: --benchmark" in stderr
     code, stderr = evaluate_in_process(capsys, "--model", models["bt"], "--benchmark", "tifa160", "--data", tifa, *common, "--tie-threshold", "-1")
     assert code == 2 and "--tie-threshold and --bootstrap must be >= 0" in stderr
+
+
+# ----------------------------------------------------------------------------- several processes
+
+
+def close(value, expected) -> bool:
+    """Equal JSON values, floats to 1e-6 relative: under `accelerate launch` the same batch can round its last bit
+    differently (torchrun's processes match a lone process bit for bit)."""
+    if isinstance(value, float) and isinstance(expected, float):
+        return math.isclose(value, expected, rel_tol=1e-6, abs_tol=1e-9)
+    if isinstance(value, dict) and isinstance(expected, dict):
+        return value.keys() == expected.keys() and all(close(value[key], expected[key]) for key in value)
+    if isinstance(value, list) and isinstance(expected, list):
+        return len(value) == len(expected) and all(map(close, value, expected))
+    return value == expected
+
+
+def same_scores(output: Path, expected: Path) -> bool:
+    """The same rows, in the same order, with the same fields and (to float rounding) rewards."""
+    return close(*([json.loads(line) for line in (folder / "scores.jsonl").read_text().splitlines()]
+                   for folder in (output, expected)))
+
+
+def launched(launcher: list[str], arguments: list, tmp_path: Path) -> str:
+    command = [*launcher, "-m", "llava_reward.cli", "evaluate", *map(str, arguments)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stderr
+
+
+@needs_mjbench
+def test_two_processes_write_what_one_writes_and_resume_a_folder(models, tmp_path):
+    # 7 pairs in batches of 2 pairs: 4 batches, so the second process gets one batch fewer than the first.
+    common = ["--model", models["bt"], "--benchmark", "mjbench", "--data", MJBENCH_HUMAN, "--limit", "7", "--batch-size", "4",
+              "--bootstrap", "50"]
+    alone = tmp_path / "alone"
+    launched([sys.executable], [*common, "--output", alone], tmp_path)  # one thread, as each launched process has
+
+    shared = tmp_path / "accelerate"
+    # --multi_gpu starts N processes also without a GPU (gloo); `--cpu --num_processes 2` would start one.
+    stderr = launched([str(VENV_BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
+                       "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"],
+                      [*common, "--output", shared], tmp_path)
+    assert stderr.count("llava-reward evaluate: model ") == 2  # both processes loaded the model
+    assert stderr.count("llava-reward evaluate: mjbench, 7 rows: accuracy_with_ties") == 1  # the main process reports
+    assert same_scores(shared, alone)
+    metrics_alone = json.loads((alone / "metrics.json").read_text())
+    assert close(json.loads((shared / "metrics.json").read_text()), metrics_alone)
+
+    # A folder holding the first 3 rows (an interrupted one-process run) is finished by 2 torchrun processes.
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copy(alone / "metrics.json", resumed / "metrics.json")
+    lines = (alone / "scores.jsonl").read_text().splitlines(keepends=True)
+    (resumed / "scores.jsonl").write_text("".join(lines[:3]) + lines[3][:10])  # and a line cut short
+    stderr = launched([str(VENV_BIN / "torchrun"), "--standalone", "--nproc_per_node", "2"],
+                      [*common, "--output", resumed], tmp_path)
+    assert "resumed: 3 rows were already scored" in stderr
+    assert same_scores(resumed, alone)
+    assert close(json.loads((resumed / "metrics.json").read_text())["results"], metrics_alone["results"])
