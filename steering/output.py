@@ -95,7 +95,7 @@ def candidate_grid(
         >>> from PIL import Image
         >>> tiles = [Image.new("RGB", (16, 16), "gray")] * 3
         >>> candidate_grid(tiles, [0.1, 0.7, 0.2], chosen=1, title="a cat").size
-        (414, 180)
+        (408, 176)
     """
     pad, header, caption, green = 6, 20, 16, (0, 150, 0)
     widths = [max(1, round(image.width * height / image.height)) for image in images]
