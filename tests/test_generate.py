@@ -106,12 +106,12 @@ def test_fk_writes_the_history_and_the_final_rewards_of_the_written_images(saved
     assert record["rewards"] == [last["rewards"][parent] for parent in last["parents"]]
     torch.testing.assert_close(png_rewards(saved, output, record), torch.tensor(record["rewards"]), atol=2e-3, rtol=0)
 
-    # The same images as the library call with the prompt's seed.
+    # The same images as the library call with the prompt's seed (and the command's default floor, -inf).
     from diffusers import DiffusionPipeline
 
     pipe = DiffusionPipeline.from_pretrained(saved["sd"])
     out = fk_steering(pipe, PROMPTS[1], scorer(saved), num_particles=3, lmbda=50.0, resampling_t_start=1,
-                      resample_frequency=2, seed=2, num_inference_steps=4)
+                      resample_frequency=2, reward_min_value=float("-inf"), seed=2, num_inference_steps=4)
     assert [list(image.getdata()) for image in out.to_pil()[0]] == [
         list(Image.open(output / name).getdata()) for name in record["images"]
     ]
