@@ -82,7 +82,8 @@ def register(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--pipeline", required=True, metavar="DIR_OR_HUB_ID", help="a diffusers text-to-image pipeline: folder or Hub id"
+        "--pipeline", required=True, metavar="DIR_OR_HUB_ID",
+        help="a diffusers text-to-image pipeline: folder or Hub id",
     )
     parser.add_argument("--prompt", action="append", default=[], metavar="TEXT", help="a prompt (repeat for several)")
     parser.add_argument("--prompts", metavar="FILE", help="a text file of prompts, one per line (blank lines skipped)")
@@ -93,8 +94,10 @@ def register(subparsers) -> None:
     parser.add_argument("--subfolder", help="the reward model's subfolder in MODEL (one perspective of a repo)")
     method = parser.add_mutually_exclusive_group(required=True)
     method.add_argument("--best-of", type=positive_int, metavar="N", help="N candidates per prompt, keep the best")
-    method.add_argument("--fk-particles", type=positive_int, metavar="N", help="FK steering with N particles per prompt")
-    fk = parser.add_argument_group("FK steering (with --fk-particles; defaults as in llava_reward.steering.fk_steering)")
+    method.add_argument(
+        "--fk-particles", type=positive_int, metavar="N", help="FK steering with N particles per prompt"
+    )
+    fk = parser.add_argument_group("FK steering (with --fk-particles; defaults: llava_reward.steering.fk_steering's)")
     fk.add_argument("--fk-potential", choices=POTENTIALS, help="max (default), add, diff or rt")
     fk.add_argument("--fk-lmbda", type=float, metavar="X", help="inverse temperature of the potential (default 10)")
     fk.add_argument("--fk-resampling-t-start", type=int, metavar="STEP", help="first resampling step, from 0")
@@ -111,7 +114,9 @@ def register(subparsers) -> None:
     sampling.add_argument("--height", type=positive_int, metavar="PX", help="default: the pipeline's")
     sampling.add_argument("--width", type=positive_int, metavar="PX", help="default: the pipeline's")
     parser.add_argument("--device", help="where to run the pipeline and the reward, e.g. cpu, cuda (default: cpu)")
-    parser.add_argument("--dtype", choices=DTYPES, help="cast the pipeline and the reward to this dtype (default: as saved)")
+    parser.add_argument(
+        "--dtype", choices=DTYPES, help="cast the pipeline and the reward to this dtype (default: as saved)"
+    )
     parser.add_argument("--output", required=True, metavar="DIR", help="the folder to write (replaced when done)")
     parser.add_argument("--overwrite", action="store_true", help="replace DIR even if it holds files of other origin")
     add_progress_argument(parser)
@@ -124,7 +129,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.best_of and fk_options:
         parser.error("the --fk-* options apply to --fk-particles only")
     if args.fk_particles and fk_options.get("potential", "max") == "max":
-        # A reward model's rewards are often negative: floored at fk_steering's default 0, they would all weigh the same.
+        # Reward models give negative rewards: floored at fk_steering's default 0, they would all weigh the same.
         fk_options.setdefault("reward_min_value", -math.inf)
     if not args.prompt and not args.prompts:
         parser.error("give --prompt TEXT (once or more) or --prompts FILE")
@@ -313,7 +318,8 @@ def generate_all(steering, pipe, scorer, prompts, args, call, fk_options, folder
         if progress == PLAIN:
             chosen = records[-1]["chosen"]
             print(f"generate: prompt {index + 1}/{len(prompts)}: chosen candidate {chosen}, reward "
-                  f"{records[-1]['rewards'][chosen]:.4g} ({out.timings['total_s']:.1f} s)", file=sys.stderr, flush=True)
+                  f"{records[-1]['rewards'][chosen]:.4g} ({out.timings['total_s']:.1f} s)", file=sys.stderr,
+                  flush=True)
     return records, sampler, totals
 
 
@@ -360,8 +366,8 @@ def fk_settings(steering, fk_options: dict, steps: int) -> dict:
     """FK steering's settings as they ran: the options given and fk_steering's defaults for the others."""
     import inspect
 
-    defaults = {name: parameter.default for name, parameter in inspect.signature(steering.fk_steering).parameters.items()
-                if name in FK_OPTIONS.values()}
+    parameters = inspect.signature(steering.fk_steering).parameters
+    defaults = {name: parameter.default for name, parameter in parameters.items() if name in FK_OPTIONS.values()}
     settings = {**defaults, **fk_options}
     settings["reward_min_value"] = str(settings["reward_min_value"])  # -inf is not JSON
     keywords = ("resampling_t_start", "resampling_t_end", "resample_frequency")

@@ -13,12 +13,8 @@ import torch
 from PIL import Image
 
 from llava_reward.cli import main
-
-
-pytest.importorskip("diffusers", reason="needs the diffusion extra")  # installed by `make install`: never skipped there
-
-from llava_reward.steering import fk_steering  # noqa: E402
-from llava_reward.steering.testing import tiny_sd_pipeline  # noqa: E402
+from llava_reward.steering import fk_steering
+from llava_reward.steering.testing import tiny_sd_pipeline
 
 
 PROMPTS = ["a cat", "a dog"]
@@ -187,4 +183,5 @@ def test_the_console_command_runs_from_another_folder(saved, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "generate: prompt 1/1: chosen candidate" in done.stderr
     results = json.loads((tmp_path / "out" / "generate.json").read_text())
-    assert len(results["prompts"][0]["images"]) == 2 and (tmp_path / "out" / "prompt-000" / "candidate-1.png").is_file()
+    assert len(results["prompts"][0]["images"]) == 2
+    assert (tmp_path / "out" / "prompt-000" / "candidate-1.png").is_file()
