@@ -218,8 +218,15 @@ def _probability(scorer, first, second) -> float:
 
 def _write(output, record: dict) -> None:
     # ASCII-escaped JSON: a row's undecodable bytes (kept as lone surrogates) still give valid UTF-8 output.
-    output.write(json.dumps(record) + "\n")
+    output.write(json.dumps(record, default=_embedded_as_null) + "\n")
     output.flush()
+
+
+def _embedded_as_null(value):
+    # A row's embedded image (bytes, as parquet and datasets hold them) is not repeated in its line, as in --engine ray.
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return None
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
 # ---------------------------------------------------------------- input files

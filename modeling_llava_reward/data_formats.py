@@ -260,6 +260,10 @@ FORMATS: dict[str, RowFormat] = {
 }
 
 
+def _shortened(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def detect_format(fields, name: str = "the data") -> str:
     """The format whose identifying fields are all in `fields`; a `ValueError` listing the formats otherwise."""
     for row_format in FORMATS.values():
@@ -309,17 +313,24 @@ class ImagePaths:
             return image
         if not image:
             raise ValueError("expected an image path, got ''.")
-        path = Path(image)
-        if not path.is_absolute():
-            path = (self.root or Path.cwd()) / self._without_missing_prefix(path)
-        if path.is_file():
+        try:  # a long non-path string (e.g. base64 in a path field) is a bad row, not an OSError
+            path, is_file, is_dir = self._look_up(image)
+        except OSError as error:
+            raise ValueError(f"image path {_shortened(image)!r}: {error.strerror.lower()}.") from None
+        if is_file:
             return str(path.resolve())
-        if path.is_dir():
+        if is_dir:
             raise ValueError(f"image path {image!r} is a folder, not an image file.")
         where = f" (looked under {self.root})" if self.root is not None and not Path(image).is_absolute() else ""
         if os.path.lexists(path):  # a broken symbolic link (a loop, or a link to nothing): say so
             raise ValueError(f"image file {image!r} is {missing_path_problem(path)}.")
         raise ValueError(f"image file {image!r} not found{where}.")
+
+    def _look_up(self, image: str) -> tuple[Path, bool, bool]:
+        path = Path(image)
+        if not path.is_absolute():
+            path = (self.root or Path.cwd()) / self._without_missing_prefix(path)
+        return path, path.is_file(), path.is_dir()
 
     def _without_missing_prefix(self, path: Path) -> Path:
         """`path` without the source's repository prefix: leading folders that are not under the root, found on the

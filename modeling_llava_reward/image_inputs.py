@@ -64,7 +64,12 @@ def as_image_list(images) -> list:
 
 
 def load_image(image, index: int = 0) -> Image.Image:
-    """One input -> an RGB PIL image; raises `InputError` naming `index` (and the file, if any)."""
+    """One input -> an RGB PIL image; raises `InputError` naming `index` (and the file, if any).
+
+    A `{"bytes": ..., "path": ...}` dict (a `datasets` Image feature, undecoded) is read from its bytes, else its path.
+    """
+    if isinstance(image, dict) and set(image) <= {"bytes", "path"}:
+        image = image.get("bytes") or image.get("path")
     if isinstance(image, (str, os.PathLike)):
         return _open(image, f"image {index} ({os.fspath(image)})", path=image)
     if isinstance(image, (bytes, bytearray, memoryview)):

@@ -32,7 +32,11 @@ def _plain(iterable, total: int, desc: str, unit: str, every: int):
         yield item
         if done % every == 0 or done == total:
             seconds = time.perf_counter() - start
-            print(f"{desc}: {done}/{total} {unit}es ({done / max(seconds, 1e-9):.2f}/s)", file=sys.stderr, flush=True)
+            print(f"{desc}: {done}/{total} {_plural(unit)} ({done / max(seconds, 1e-9):.2f}/s)", file=sys.stderr, flush=True)
+
+
+def _plural(unit: str) -> str:
+    return unit + ("es" if unit.endswith(("s", "ch", "sh", "x")) else "s")
 
 
 def reporter(label: str, enabled: bool = True, start: float | None = None):

@@ -386,3 +386,24 @@ def test_a_batch_file_with_bad_rows(models, image_files, tmp_path):
         assert line.startswith(f"llava-reward score: skipped row {number}: ") and message in line, line
     assert "scored 4 of 17 rows" in skipped.stderr and "skipped 13." in skipped.stderr
     assert "row 14's prompt has 120000 tokens; truncated to max_prompt_tokens=256." in skipped.stderr
+
+
+def test_a_parquet_file_with_embedded_image_bytes_is_scored_and_the_bytes_are_not_repeated(models, image_files,
+                                                                                           tmp_path):
+    import datasets
+
+    encoded = [{"bytes": path.read_bytes(), "path": None} for path in image_files[:2]]
+    source = tmp_path / "rows.parquet"
+    datasets.Dataset.from_dict(
+        {"prompt": ["a red cat", "a blue dog"], "image": encoded},
+        features=datasets.Features({"prompt": datasets.Value("string"), "image": datasets.Image()}),
+    ).to_parquet(source)
+
+    (result,) = run_in_process(["score", "--model", str(models["bt"]), "--input", str(source)])
+
+    assert result.returncode == 0, result.stderr
+    lines = json_lines(result.stdout)
+    assert [line["prompt"] for line in lines] == ["a red cat", "a blue dog"]
+    assert all(line["image"] is None or line["image"].get("bytes") is None for line in lines)
+    expected = LlavaRewardScorer.from_pretrained(models["bt"]).score(["a red cat", "a blue dog"], image_files[:2])
+    assert [line["reward"] for line in lines] == pytest.approx(expected.tolist(), abs=1e-5)

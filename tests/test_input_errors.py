@@ -122,3 +122,15 @@ def test_a_broken_link_names_its_target(scorer, tmp_path):
     os.symlink(tmp_path / "gone.png", tmp_path / "link.png")
     with pytest.raises(InputError, match=r"link\.png\): a broken symbolic link \(to '.*gone\.png', which does not exist\)"):
         scorer.score("a cat", [tmp_path / "link.png"])
+
+
+def test_a_long_string_in_an_image_field_is_a_bad_row_not_an_os_error(tmp_path):
+    tiny_images(1)[0].save(tmp_path / "ok.png")
+    rows = [{"prompt": "p", "image": "iVBORw0KGgo" * 40}, {"prompt": "q", "image": "ok.png"}]
+    (tmp_path / "rows.jsonl").write_text("\n".join(json.dumps(row) for row in rows))
+    read = read_rows(tmp_path / "rows.jsonl")
+    assert [str(bad) for bad in read.bad_rows] == [
+        "row 0: 'image': image path 'iVBORw0KGgoiVBORw0KGgoiVBORw0KGgoiVBORw0KGgoiVBORw0KGgoiVBOR... (440 characters)': "
+        "file name too long."
+    ]
+    assert len(read.rows) == 1

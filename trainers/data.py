@@ -133,8 +133,6 @@ def _with_lazy_images(dataset: datasets.Dataset) -> datasets.Dataset:
 
 def decode_image(image, row, column: str):
     """A row's image (path, `{"bytes", "path"}` dict, or image object) as an RGB PIL image; errors name the row."""
-    if isinstance(image, dict):
-        image = image.get("bytes") or image.get("path")
     try:
         return load_image(image, row)
     except InputError as error:
