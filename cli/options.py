@@ -34,9 +34,10 @@ def image_size(text: str) -> int:
     return value
 
 
-def load_scorer(args: argparse.Namespace):
+def load_scorer(args: argparse.Namespace, flag: str = "--model"):
     """The scorer of `--model` (and `--subfolder`, `--device`, `--dtype`), announced on stderr with what it is;
-    `UserInputError` when it cannot load. Without `--model`: the embedded default model (`llava_reward.load`)."""
+    `UserInputError` when it cannot load. Without `--model`: the embedded default model (`llava_reward.load`).
+    `flag` is the option's name in error messages (`--reward` for `generate`, which stores it as `args.model`)."""
     from huggingface_hub.errors import HFValidationError
     from safetensors import SafetensorError
 
@@ -49,11 +50,11 @@ def load_scorer(args: argparse.Namespace):
             name, perspective=args.subfolder, device=device, dtype=args.dtype, progress=progress_option(args)
         )
     except HFValidationError:
-        raise UserInputError(f"--model {name}: no such folder (nor a valid Hub repo id).") from None
+        raise UserInputError(f"{flag} {name}: no such folder (nor a valid Hub repo id).") from None
     except (OSError, ValueError) as error:  # not a model folder, a base that is not here, an unreachable Hub repo
-        raise UserInputError(f"--model {name}: cannot load a LLaVA-Reward model: {_first_line(error)}") from None
+        raise UserInputError(f"{flag} {name}: cannot load a LLaVA-Reward model: {first_line(error)}") from None
     except SafetensorError as error:  # a weights file cut short or overwritten
-        raise UserInputError(f"--model {name}: a weights file is not valid safetensors ({_first_line(error)}).") from None
+        raise UserInputError(f"{flag} {name}: a weights file is not valid safetensors ({first_line(error)}).") from None
     config = scorer.model.config
     print(
         f"llava-reward {args.command}: model {name}" + (f" ({args.subfolder})" if args.subfolder else "")
@@ -64,7 +65,8 @@ def load_scorer(args: argparse.Namespace):
     return scorer
 
 
-def _first_line(error: Exception) -> str:
+def first_line(error: Exception) -> str:
+    """The first line of an error's message (its type's name when it has none): what a one-line error quotes."""
     return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 

@@ -12,7 +12,7 @@ import pytest
 REPOSITORY = Path(__file__).resolve().parents[1]
 # Folder -> installed name (setup.cfg's package_dir); the core may import none of the layers above it.
 CORE = "modeling_llava_reward"
-MIDDLE = {"trainers": "trainers", "evaluation": "evaluation", "hub_cards": "hub_cards", "serving": "serving"}
+MIDDLE = {"trainers": "trainers", "evaluation": "evaluation", "hub_cards": "hub_cards", "serving": "serving", "steering": "steering"}
 TOP = {"cli": "cli"}
 
 
@@ -82,5 +82,6 @@ def test_the_wheel_holds_one_top_level_import_name(tmp_path):
         "llava_reward/cli/__init__.py",
         "llava_reward/configuration/serve/reward_service.yaml",
         "llava_reward/serving/server.py",
+        "llava_reward/steering/fk.py",
     ):
         assert expected in names
