@@ -421,7 +421,7 @@ def default_backbone(report: Report, image_size: int = 224) -> Backbone:
     try:
         from llava_reward.default_backbone import build_default_backbone
 
-        folder = build_default_backbone(progress=False)
+        folder = build_default_backbone(image_size=image_size, progress=False)  # reuses one built at that size
     except Exception as error:  # not merged yet, or its optional dependencies are missing: say so, never silently
         report.note(
             f"default backbone unavailable ({type(error).__name__}: {error}); benchmarking a random LLaVA of the "

@@ -31,6 +31,7 @@ SCRIPTS = (
     "multi_perspective",
     "training",
     "throughput",
+    "differentiable",  # issue 19: rewards with gradients to the pixels
 )
 # Run only when named (`--only serving`): the reward service and Ray Data start a local Ray cluster (minutes of
 # start-up on a small machine, outside `make bench`'s 15-minute budget), and the issue's serving targets are meant

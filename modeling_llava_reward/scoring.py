@@ -11,8 +11,11 @@ Example:
 
 import os
 import sys
+import threading
+from contextlib import contextmanager
 
 import torch
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .bundle import is_adapter_bundle
 from .bundle import model_folder
@@ -22,6 +25,7 @@ from .image_inputs import load_image
 from .modeling_llava_reward import LlavaRewardModel
 from .objectives import Objective
 from .objectives import get_objective
+from .pixels import pixel_inputs
 from .processing_llava_reward import LlavaRewardProcessor
 from .progress import iterate
 from .provenance import read_training_data
@@ -159,17 +163,71 @@ class LlavaRewardScorer:
         scores = self._objective().ranking_scores(rewards, self.tau)
         return torch.argsort(scores, descending=True, stable=True), scores
 
-    def reward_fn(self, images, prompts, metadata=None, *, batch_size: int = 8) -> tuple[torch.Tensor, dict]:
-        """The reward function RL and steering loops call (DDPO, flow_grpo, FK steering).
+    def score_pixels(self, pixels: torch.Tensor, prompts, *, quantize: bool = False) -> torch.Tensor:
+        r"""
+        Rewards for `prompts[i]` with `pixels[i]` that carry gradients to `pixels`: the reward for ReFL, DRaFT or
+        AlignProp fine-tuning of a generator by backpropagation.
+
+        Args:
+            pixels (`torch.Tensor` of shape `(B, 3, H, W)`): floats in [0, 1] (e.g. a VAE's decoded output
+                `(x / 2 + 0.5).clamp(0, 1)`), any device and float dtype, `requires_grad` allowed.
+            prompts (`str` or list of `str`): one per image, or one for all.
+            quantize (`bool`, defaults to `False`): see `llava_reward.pixels.preprocess_pixels`; `True` scores
+                exactly what `score()` scores for these images (8-bit rounding, straight-through gradients).
+
+        Returns:
+            `torch.Tensor`: rewards of shape `(B,)` (`(B, D)` for GPM) in float32 (float64 for a float64 model) on
+            the model's device, in the graph (no `inference_mode`; under `torch.no_grad()` they carry no graph).
+
+        The image preprocessing of the model's family runs in torch (`llava_reward.pixels`, parity with the PIL path
+        measured per family); a family whose preprocessing has no differentiable counterpart raises
+        `NotDifferentiableError`. `torch.autocast` applies to the model (preprocessing stays in full precision).
+        Activation checkpointing (`scorer.model.activation_checkpointing_enable()`) applies although the scorer keeps
+        the model in eval mode (`checkpointing_in_eval_mode`). Threads may share one scorer, as for `score`.
+
+        Example:
+
+        ```python
+        >>> import torch
+        >>> from llava_reward import LlavaRewardModel, LlavaRewardProcessor, LlavaRewardScorer
+        >>> from llava_reward.testing import tiny_vlm
+        >>> vlm, vlm_processor = tiny_vlm("qwen2_5_vl")
+        >>> model = LlavaRewardModel.from_vlm(vlm)
+        >>> scorer = LlavaRewardScorer(model, LlavaRewardProcessor.from_vlm_processor(vlm_processor))
+        >>> pixels = torch.rand(2, 3, 32, 32, requires_grad=True)
+        >>> scorer.score_pixels(pixels, "a red cat").sum().backward()
+        >>> pixels.grad.shape, bool(pixels.grad.abs().sum() > 0)
+        (torch.Size([2, 3, 32, 32]), True)
+        ```"""
+        inputs = pixel_inputs(self.processor, prompts, pixels, quantize=quantize)
+        with checkpointing_in_eval_mode(self.model):
+            rewards = self.model(**self._to_model(inputs)).rewards
+        return rewards.to(torch.promote_types(rewards.dtype, torch.float32))
+
+    def reward_fn(
+        self, images, prompts, metadata=None, *, batch_size: int = 8, differentiable: bool = False
+    ) -> tuple[torch.Tensor, dict]:
+        """The reward function RL and steering loops call (DDPO, flow_grpo, FK steering; ReFL / DRaFT / AlignProp
+        with `differentiable=True`).
 
         `images`: a list of PIL images or an NCHW float tensor in [0, 1]; `prompts`: one per image (or one).
-        Returns `(scores, info)`: a float32 CPU tensor of shape `(N,)` and a dict describing the reward.
+        Returns `(scores, info)`: a float32 tensor of shape `(N,)` and a dict describing the reward. By default the
+        scores are on the CPU, without gradients. With `differentiable=True`, `images` must be the float tensor,
+        scored in one batch by `score_pixels`: the scores stay on the model's device with gradients to `images`.
         """
         if not self._objective().scalar:
             raise ValueError(
                 f"A {self.objective!r} model outputs preference embeddings, not scalar rewards: use rank() or compare()."
             )
-        scores = self.score(prompts, images, batch_size=batch_size, progress=False)
+        if differentiable:
+            if not (isinstance(images, torch.Tensor) and images.is_floating_point()):
+                raise InputError(
+                    "reward_fn(differentiable=True) needs the images as a float tensor of shape (N, 3, H, W) in "
+                    f"[0, 1], got {type(images).__name__}."
+                )
+            scores = self.score_pixels(images, prompts)
+        else:
+            scores = self.score(prompts, images, batch_size=batch_size, progress=False)
         return scores, {"objective": self.objective, "perspective": self.model.config.perspective}
 
     def _to_model(self, inputs) -> dict:
@@ -178,6 +236,52 @@ class LlavaRewardScorer:
             key: value.to(self.device, dtype=dtype if value.is_floating_point() else None)
             for key, value in inputs.items()
         }
+
+
+# How many calls are inside `checkpointing_in_eval_mode` per layer: the first to enter switches the layer to training
+# mode, the last to leave switches it back, so that concurrent calls (threads sharing one scorer) never switch it off
+# under one another's forward.
+_CHECKPOINTING_CALLS: dict[torch.nn.Module, int] = {}
+_CHECKPOINTING_LOCK = threading.Lock()
+
+
+@contextmanager
+def checkpointing_in_eval_mode(model: torch.nn.Module):
+    """Let activation checkpointing run while `model` is in eval mode.
+
+    transformers checkpoints a layer only when `layer.gradient_checkpointing and layer.training`; the scorer keeps
+    the model in eval mode (no dropout). The checkpointed layers alone are put in training mode for the call: their
+    own forward reads `training` for nothing else, and their submodules (attention and MLP dropout) stay in eval, so
+    the numbers do not change (a concurrent `score` under `inference_mode` that sees the flag runs the same layers
+    through the checkpoint function, which then stores nothing). Reference-counted per layer: thread-safe.
+
+    Example:
+        >>> from llava_reward import LlavaRewardModel
+        >>> from llava_reward.testing import tiny_vlm
+        >>> model = LlavaRewardModel.from_vlm(tiny_vlm("llava")[0]).eval()
+        >>> model.activation_checkpointing_enable()
+        >>> with checkpointing_in_eval_mode(model):
+        ...     pass   # model(**inputs) here recomputes its decoder layers in the backward
+    """
+    layers = [
+        module
+        for module in model.modules()
+        if isinstance(module, GradientCheckpointingLayer) and module.gradient_checkpointing
+    ]
+    with _CHECKPOINTING_LOCK:
+        layers = [layer for layer in layers if layer in _CHECKPOINTING_CALLS or not layer.training]
+        for layer in layers:
+            _CHECKPOINTING_CALLS[layer] = _CHECKPOINTING_CALLS.get(layer, 0) + 1
+            layer.training = True
+    try:
+        yield
+    finally:
+        with _CHECKPOINTING_LOCK:
+            for layer in layers:
+                _CHECKPOINTING_CALLS[layer] -= 1
+                if not _CHECKPOINTING_CALLS[layer]:
+                    del _CHECKPOINTING_CALLS[layer]
+                    layer.training = False
 
 
 def score_rows(scorer, rows: list[tuple[list, list]], *, batch_size: int = 8) -> list:
