@@ -134,3 +134,26 @@ def test_a_long_string_in_an_image_field_is_a_bad_row_not_an_os_error(tmp_path):
         "file name too long."
     ]
     assert len(read.rows) == 1
+
+
+def test_a_missing_image_never_resolves_to_another_file_of_the_same_name(tmp_path, caplog):
+    """`sdxl/001.png` missing while some `001.png` exists elsewhere: refused, not compared with that file (issue 15,
+    case 3). A repository prefix is only dropped when the folder is absent, for every path alike, and logged."""
+    (tmp_path / "sdxl").mkdir()
+    first, second = tiny_images(2)
+    first.save(tmp_path / "sdxl" / "002.png")
+    second.save(tmp_path / "001.png")  # the same name as the missing image, in another folder
+    rows = [{"prompt": "p", "chosen_path": "sdxl/002.png", "reject_path": "sdxl/001.png"}]
+    (tmp_path / "pairs.json").write_text(json.dumps(rows))
+    assert [str(bad) for bad in read_rows(tmp_path / "pairs.json").bad_rows] == [
+        f"row 0: 'reject_path': image file 'sdxl/001.png' not found (looked under {tmp_path})."
+    ]
+
+    # A folder the data names that is not there at all (a repository prefix): dropped for every path, with a warning
+    # naming both paths.
+    (tmp_path / "pairs.json").write_text(json.dumps([{"prompt": "p", "chosen_path": "repo/001.png",
+                                                      "reject_path": "sdxl/002.png"}]))
+    with caplog.at_level("WARNING"):
+        read = read_rows(tmp_path / "pairs.json")
+    assert read.rows[0]["chosen"] == str(tmp_path / "001.png") and not read.bad_rows
+    assert f"'repo/001.png' as {tmp_path / '001.png'}" in caplog.text

@@ -154,3 +154,24 @@ def test_broken_model_folders_are_named_in_one_line(tiny_trained, tmp_path):
         last = done.stderr.strip().splitlines()[-1]  # after the base model's loading bar, if any
         assert done.returncode == 1 and "Traceback" not in done.stderr and message in last, done.stderr
         assert last.startswith(f"llava-reward score: error: --model {folder}: ")
+
+
+def test_a_head_file_of_the_wrong_shape_is_refused_naming_it(tiny_trained, tmp_path):
+    """A (1, 1) value head where (1, H) is expected must not load by broadcasting (issue 15, case 2)."""
+    import shutil
+
+    from safetensors.torch import load_file
+    from safetensors.torch import save_file
+
+    import llava_reward
+
+    lora = shutil.copytree(tiny_trained["lora"], tmp_path / "lora", ignore=shutil.ignore_patterns("checkpoint-*"))
+    shutil.copytree(tiny_trained["work"] / "tiny-task" / "base", tmp_path / "base")
+    head_file = lora / "reward_head.safetensors"
+    tensors = load_file(head_file)
+    name = next(name for name, tensor in tensors.items() if tensor.ndim == 2 and tensor.shape[0] == 1)
+    tensors[name] = tensors[name][:, :1].clone()
+    save_file(tensors, head_file)
+    with pytest.raises(ValueError, match=rf"{head_file} holds tensors of the wrong shape: {name}: \(1, 1\) where the "
+                                         r"model has \(1, \d+\)"):
+        llava_reward.load(lora)
