@@ -31,6 +31,7 @@ from http.client import HTTPException
 import torch
 
 from llava_reward.image_inputs import load_images
+from llava_reward.objectives import get_objective
 
 
 RETRYABLE_STATUSES = (408, 429, 500, 502, 503, 504)
@@ -113,8 +114,10 @@ class RemoteReward:
         """
         perspectives = self.info()["perspectives"]
         used = self._used(perspectives)
-        if any(perspectives[name]["objective"] == "gpm" for name in used):
-            raise ValueError("A GPM model outputs preference embeddings, not scalar rewards: use compare().")
+        vector = [name for name in used if not get_objective(perspectives[name]["objective"]).scalar]
+        if vector:
+            kind = get_objective(perspectives[vector[0]]["objective"]).output_kind
+            raise ValueError(f"Perspective {vector[0]!r} outputs a {kind}, not a scalar reward: use compare().")
         retries = _Counter()
         rewards = self._score(prompts, images, retries)
         if not isinstance(rewards, dict):

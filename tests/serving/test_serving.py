@@ -269,7 +269,7 @@ def test_remote_reward_picks_or_weighs_perspectives(multi_url, local_multi):
     torch.testing.assert_close(rewards, 0.5 * expected["alignment"] + 2 * expected["safety"], atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="several perspectives"):
         RemoteReward(multi_url)(images, prompts)
-    with pytest.raises(ValueError, match="GPM model outputs preference embeddings"):
+    with pytest.raises(ValueError, match="Perspective 'fidelity' outputs a preference embedding, not a scalar reward"):
         RemoteReward(multi_url, perspective="fidelity")(images, prompts)
     p_a = RemoteReward(multi_url).compare(prompts[:2], images[:2], images[2:])
     b = local_multi.score(prompts[:2], images[2:])["fidelity"]  # images_b with images_a's prompts
