@@ -1,4 +1,5 @@
-"""Inference-time scaling of diffusers pipelines with a reward: best-of-N and Feynman-Kac (FK) steering.
+"""Inference-time scaling of diffusers pipelines with a reward: best-of-N and Feynman-Kac (FK) steering; and reward
+fine-tuning of their denoiser by backpropagation (ReFL / DRaFT-K, `reward_finetune`).
 
 Needs the `diffusion` extra (`pip install llava-reward[diffusion]`, i.e. diffusers).
 
@@ -19,6 +20,9 @@ except ImportError as error:  # pragma: no cover - depends on the environment
     raise ImportError("Steering needs diffusers: pip install 'llava-reward[diffusion]'.") from error
 
 from .best_of_n import best_of_n
+from .finetune import RewardFinetuneOutput
+from .finetune import differentiable_reward
+from .finetune import reward_finetune
 from .fk import POTENTIALS
 from .fk import FKResampler
 from .fk import fk_steering
@@ -36,13 +40,16 @@ __all__ = [
     "POTENTIALS",
     "FKResampler",
     "ResamplingStep",
+    "RewardFinetuneOutput",
     "SteeringOutput",
     "WeightedReward",
     "as_reward_fn",
     "best_of_n",
     "decode_latents",
+    "differentiable_reward",
     "fk_steering",
     "particle_generators",
     "resampling_generators",
     "resampling_schedule",
+    "reward_finetune",
 ]

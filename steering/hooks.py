@@ -184,14 +184,20 @@ class StepCapture:
         return x0
 
 
-@torch.no_grad()
-def decode_latents(pipe, latents: torch.Tensor, height: int | None = None, width: int | None = None) -> torch.Tensor:
+def decode_latents(
+    pipe, latents: torch.Tensor, height: int | None = None, width: int | None = None, *, differentiable: bool = False
+) -> torch.Tensor:
     """Latents as the pipeline holds them -> `(B, 3, H, W)` float images in [0, 1], with its VAE and image processor.
 
     Undoes what the pipeline does before its own decode: unpacking of packed (Flux-style, 3-D) latents, then the
     VAE's latent normalisation (`latents_mean`/`latents_std` where the config has them, else the scaling and shift
-    factors).
+    factors). Runs without gradients unless `differentiable=True` (reward fine-tuning decodes in the graph).
     """
+    with torch.set_grad_enabled(differentiable and torch.is_grad_enabled()):
+        return decoded(pipe, latents, height, width)
+
+
+def decoded(pipe, latents: torch.Tensor, height: int | None, width: int | None) -> torch.Tensor:
     vae = pipe.vae
     if latents.ndim == 3:  # packed 2x2 patches (B, tokens, 4 C)
         height = height or pipe.default_sample_size * pipe.vae_scale_factor
