@@ -23,7 +23,9 @@ from .errors import UserInputError
 
 
 # Module names (in this package) of the subcommands, in the order `--help` lists them.
-SUBCOMMAND_MODULES = ("demo", "score", "train", "build_backbone", "push", "convert_original", "evaluate", "serve", "paths")
+SUBCOMMAND_MODULES = (
+    "demo", "score", "train", "artifacts", "build_backbone", "push", "convert_original", "evaluate", "serve", "paths"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
