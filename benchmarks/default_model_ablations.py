@@ -63,9 +63,9 @@ VARIANTS = {
     # Issue 20: artifact pairs (`llava_reward.trainers.artifacts`) made from real photos that are never the held-out
     # subset's (the library photos + the training subset's originals), on top of the default recipe.
     "artifacts_pretrain_300": Variant(
-        "pre-trained 78 steps on 300 artifact pairs (library + training-subset photos), then the default recipe "
-        "(layer 5, 78 steps) on the subset from there (init_from)",
-        {}, artifacts={"pairs": 300, "sources": "library+train", "mode": "pretrain", "pretrain_steps": 78}),
+        "pre-trained 39 steps (~1 epoch) on 300 artifact pairs (library + training-subset photos), then the default "
+        "recipe (layer 5, 78 steps) on the subset from there (init_from)",
+        {}, artifacts={"pairs": 300, "sources": "library+train", "mode": "pretrain", "pretrain_steps": 39}),
     "artifacts_mix_300": Variant(
         "layer 5, + 300 artifact pairs (library + training-subset photos) mixed in, 117 steps (~2.3 epochs of 400)",
         {"training.max_steps": 117}, artifacts={"pairs": 300, "sources": "library+train", "mode": "mix"}),
@@ -79,6 +79,8 @@ def main() -> int:
     parser.add_argument("--list", action="store_true", help="list the variants and which have results")
     parser.add_argument("--data", help="folder of MJ-Bench subset folders (default: as `llava-reward demo` finds it)")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--held-out", nargs="+", metavar="SUBSET",
+                        help="test on these subsets only (default: each in turn); a partial row, as the table shows")
     parser.add_argument("--results", type=Path, default=RESULTS_FILE)
     parser.add_argument("--keep-models", action="store_true", help="keep the trained models (deleted by default)")
     args = parser.parse_args()
@@ -117,6 +119,7 @@ def main() -> int:
         started, load_before = time.time(), os.getloadavg()
         held_out = cross_subset(prepared, backbone, work_dir, overrides=variant.overrides,
                                 artifacts=variant.artifacts and ArtifactPlan(**variant.artifacts),
+                                held_out_subsets=args.held_out,
                                 say=lambda message: print(f"[{name}] {message}", flush=True))
         results["variants"][name] = {
             "description": variant.description,

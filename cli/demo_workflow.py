@@ -338,12 +338,15 @@ def _absolute_rows(pairs_file: Path) -> list[dict]:
 
 
 def cross_subset(prepared: PreparedData, base_model: Path, work_dir: Path, *, recipe: Path = RECIPE,
-                 overrides: dict | None = None, artifacts: ArtifactPlan | None = None, progress: bool = True,
-                 say=lambda message: None) -> dict:
-    """Hold out each subset in turn: train on the others (and on `artifacts` made without its images), evaluate on
-    it. Returns `{subset: result}`."""
+                 overrides: dict | None = None, artifacts: ArtifactPlan | None = None, held_out_subsets=None,
+                 progress: bool = True, say=lambda message: None) -> dict:
+    """Hold out each subset in turn (or only those of `held_out_subsets`): train on the others (and on `artifacts`
+    made without its images), evaluate on it. Returns `{subset: result}`."""
+    unknown = sorted(set(held_out_subsets or ()) - set(prepared.subsets))
+    if unknown:
+        raise DefaultModelError(f"cross_subset: no subset {unknown[0]!r} in the data ({list(prepared.subsets)}).")
     results = {}
-    for held_out in prepared.subsets:
+    for held_out in held_out_subsets or prepared.subsets:
         others = [name for name in prepared.subsets if name != held_out]
         model_dir = work_dir / held_out / "model"
         say(f"cross-subset: training on {' + '.join(others)} ({sum(prepared.num_pairs[n] for n in others)} pairs), "

@@ -213,3 +213,19 @@ def test_invalid_artifact_plans_are_refused():
                      {"pairs": 5, "pretrain_steps": 3}):
         with pytest.raises(ValueError, match="ArtifactPlan"):
             ArtifactPlan(**settings)
+
+
+@pytest.mark.usefixtures("one_intraop_thread")
+def test_cross_subset_holds_out_only_the_subsets_asked_for(two_subsets, tmp_path):
+    from llava_reward.cli.demo_workflow import DefaultModelError
+    from llava_reward.cli.demo_workflow import cross_subset
+
+    prepared, base = two_subsets
+    with pytest.raises(DefaultModelError, match="no subset 'faces' in the data"):
+        cross_subset(prepared, base, tmp_path / "work", held_out_subsets=["faces"])
+    settings = {"training.max_steps": 1, "training.per_device_train_batch_size": 2, "training.lora_r": 4,
+                "training.lora_alpha": 8, "model.hidden_layer": 1}
+    results = cross_subset(prepared, base, tmp_path / "work", overrides=settings, held_out_subsets=["things"],
+                           progress=False)
+    assert list(results) == ["things"] and results["things"]["num_pairs"] == 2
+    assert not (tmp_path / "work" / "people").exists()  # no model trained for the subset not asked for
