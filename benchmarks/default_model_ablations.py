@@ -22,34 +22,53 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 
 REPO_DIR = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_DIR))  # run as `python benchmarks/x.py` from a checkout, installed or not
 RESULTS_FILE = REPO_DIR / "benchmarks" / "results" / "default_model_ablations.json"
 
-# name -> (what changes, recipe overrides, image size or None for the default). The recipe reads layer 5 of 30 and
-# trains 78 steps (6 epochs of a 100-pair subset); "3 epochs" is 39 steps. Every variant spells out what it changes
-# so the measured configuration is reproduced whatever the recipe says later.
+
+class Variant(NamedTuple):
+    description: str
+    overrides: dict  # recipe overrides
+    image_size: int | None = None  # None: the demo's
+    artifacts: dict | None = None  # `demo_workflow.ArtifactPlan` fields: artifact pairs added to each training run
+
+
+# name -> Variant. The recipe read layer 5 of 30 and trained 78 steps (6 epochs of a 100-pair subset) when the first
+# rows were measured; "3 epochs" is 39 steps. Every variant spells out what it changes so the measured configuration
+# is reproduced whatever the recipe says later.
 THREE_EPOCHS = {"training.max_steps": 39}
 LAYER_10 = {"model.hidden_layer": 10, **THREE_EPOCHS}  # the first default (recipe before the layer-5 measurements)
 VARIANTS = {
-    "default": ("the default recipe: layer 5, 78 steps", {}, None),
-    "steps_52": ("layer 5, 52 steps (4 epochs)", {"training.max_steps": 52}, None),
-    "steps_39": ("layer 5, 39 steps (3 epochs)", THREE_EPOCHS, None),
-    "steps_39_lr_1e-3": ("layer 5, 39 steps, learning rate 1e-3", {**THREE_EPOCHS, "training.learning_rate": 1.0e-3},
-                         None),
-    "hidden_layer_2": ("reward read at layer 2 of 30, 39 steps", {**THREE_EPOCHS, "model.hidden_layer": 2}, None),
-    "hidden_layer_10": ("reward read at layer 10 of 30, 39 steps", LAYER_10, None),
-    "hidden_layer_20": ("reward read at layer 20 of 30, 39 steps", {**LAYER_10, "model.hidden_layer": 20}, None),
-    "hidden_layer_30": ("reward read at layer 30 of 30 (the final normed state), 39 steps",
-                        {**LAYER_10, "model.hidden_layer": -1}, None),
-    "linear_head": ("linear value head on h, no SkipCA (layer 10, 39 steps)", {**LAYER_10, "model.head": "linear"}, None),
-    "gpm": ("GPM objective, 2-D preference embedding (layer 10, 39 steps)",
-            {**LAYER_10, "training.objective": "gpm", "model.reward_dim": 2}, None),
-    "mean_pooling": ("mean over all tokens instead of the last token (layer 10, 39 steps)",
-                     {**LAYER_10, "model.pooling": "mean"}, None),
-    "image_224": ("224 px input: 256 visual tokens instead of 64 (layer 5, 78 steps)", {}, 224),
+    "default": Variant("the default recipe: layer 5, 78 steps", {}),
+    "steps_52": Variant("layer 5, 52 steps (4 epochs)", {"training.max_steps": 52}),
+    "steps_39": Variant("layer 5, 39 steps (3 epochs)", THREE_EPOCHS),
+    "steps_39_lr_1e-3": Variant("layer 5, 39 steps, learning rate 1e-3",
+                                {**THREE_EPOCHS, "training.learning_rate": 1.0e-3}),
+    "hidden_layer_2": Variant("reward read at layer 2 of 30, 39 steps", {**THREE_EPOCHS, "model.hidden_layer": 2}),
+    "hidden_layer_10": Variant("reward read at layer 10 of 30, 39 steps", LAYER_10),
+    "hidden_layer_20": Variant("reward read at layer 20 of 30, 39 steps", {**LAYER_10, "model.hidden_layer": 20}),
+    "hidden_layer_30": Variant("reward read at layer 30 of 30 (the final normed state), 39 steps",
+                               {**LAYER_10, "model.hidden_layer": -1}),
+    "linear_head": Variant("linear value head on h, no SkipCA (layer 10, 39 steps)",
+                           {**LAYER_10, "model.head": "linear"}),
+    "gpm": Variant("GPM objective, 2-D preference embedding (layer 10, 39 steps)",
+                   {**LAYER_10, "training.objective": "gpm", "model.reward_dim": 2}),
+    "mean_pooling": Variant("mean over all tokens instead of the last token (layer 10, 39 steps)",
+                            {**LAYER_10, "model.pooling": "mean"}),
+    "image_224": Variant("224 px input: 256 visual tokens instead of 64 (layer 5, 78 steps)", {}, 224),
+    # Issue 20: artifact pairs (`llava_reward.trainers.artifacts`) made from real photos that are never the held-out
+    # subset's (the library photos + the training subset's originals), on top of the default recipe.
+    "artifacts_pretrain_300": Variant(
+        "pre-trained 39 steps (~1 epoch) on 300 artifact pairs (library + training-subset photos), then the default "
+        "recipe (layer 5, 78 steps) on the subset from there (init_from)",
+        {}, artifacts={"pairs": 300, "sources": "library+train", "mode": "pretrain", "pretrain_steps": 39}),
+    "artifacts_mix_300": Variant(
+        "layer 5, + 300 artifact pairs (library + training-subset photos) mixed in, 117 steps (~2.3 epochs of 400)",
+        {"training.max_steps": 117}, artifacts={"pairs": 300, "sources": "library+train", "mode": "mix"}),
 }
 
 
@@ -60,15 +79,17 @@ def main() -> int:
     parser.add_argument("--list", action="store_true", help="list the variants and which have results")
     parser.add_argument("--data", help="folder of MJ-Bench subset folders (default: as `llava-reward demo` finds it)")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--held-out", nargs="+", metavar="SUBSET",
+                        help="test on these subsets only (default: each in turn); a partial row, as the table shows")
     parser.add_argument("--results", type=Path, default=RESULTS_FILE)
     parser.add_argument("--keep-models", action="store_true", help="keep the trained models (deleted by default)")
     args = parser.parse_args()
 
     results = json.loads(args.results.read_text()) if args.results.is_file() else {"variants": {}}
     if args.list:
-        for name, (description, overrides, image_size) in VARIANTS.items():
+        for name, variant in VARIANTS.items():
             status = "measured" if name in results["variants"] else "not measured"
-            print(f"{name:<18} {status:<13} {description}")
+            print(f"{name:<24} {status:<13} {variant.description}")
         return 0
 
     import torch
@@ -77,6 +98,7 @@ def main() -> int:
         torch.set_num_threads(args.threads)
     from llava_reward.cli.demo_workflow import IMAGE_SIZE
     from llava_reward.cli.demo_workflow import RECIPE
+    from llava_reward.cli.demo_workflow import ArtifactPlan
     from llava_reward.cli.demo_workflow import cross_subset
     from llava_reward.cli.demo_workflow import find_data
     from llava_reward.cli.demo_workflow import prepare_data
@@ -89,18 +111,21 @@ def main() -> int:
         if name in results["variants"] and not args.rerun:
             print(f"=== {name}: already measured (--rerun to measure again)", flush=True)
             continue
-        description, overrides, image_size = VARIANTS[name]
-        print(f"=== {name}: {description}", flush=True)
-        backbone = build_default_backbone(image_size=image_size or IMAGE_SIZE)
+        variant = VARIANTS[name]
+        print(f"=== {name}: {variant.description}", flush=True)
+        backbone = build_default_backbone(image_size=variant.image_size or IMAGE_SIZE)
         prepared = prepare_data(data, backbone)
         work_dir = llava_reward_home() / "ablations" / name
         started, load_before = time.time(), os.getloadavg()
-        held_out = cross_subset(prepared, backbone, work_dir, overrides=overrides,
+        held_out = cross_subset(prepared, backbone, work_dir, overrides=variant.overrides,
+                                artifacts=variant.artifacts and ArtifactPlan(**variant.artifacts),
+                                held_out_subsets=args.held_out,
                                 say=lambda message: print(f"[{name}] {message}", flush=True))
         results["variants"][name] = {
-            "description": description,
-            "overrides": overrides,
-            "image_size": image_size or IMAGE_SIZE,
+            "description": variant.description,
+            "overrides": variant.overrides,
+            "image_size": variant.image_size or IMAGE_SIZE,
+            "artifacts": variant.artifacts,
             "held_out": held_out,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "wall_seconds": round(time.time() - started, 1),

@@ -6,12 +6,16 @@ for each image it takes the frozen vision tower's features (CLS token and mean o
 fits a Bradley-Terry linear probe on `features(chosen) - features(rejected)` with L2 regularisation, and reports
 
 - in-domain accuracy: fitted on the first half of a subset, tested on its second half;
-- cross-subset accuracy: fitted on one whole subset, tested on the other (the demo's protocol).
+- cross-subset accuracy: fitted on one whole subset, tested on the other (the demo's protocol);
+- with `--synthetic N`, transfer from artifact pairs (`llava_reward.trainers.artifacts`: a real photo against a copy
+  with local defects): fitted on N pairs made from the library photos, from the library photos and the originals of
+  the *training* subset (never the tested subset's images), and on those plus the training subset's real pairs;
+  tested on the other subset. Here the standardisation comes from the training features only.
 
     python benchmarks/default_model_probe.py                    # 112 and 224 px
-    python benchmarks/default_model_probe.py --image-sizes 112
+    python benchmarks/default_model_probe.py --image-sizes 112 --synthetic 300
 
-Writes `benchmarks/results/default_model_probe.json` and prints a markdown table.
+Updates `benchmarks/results/default_model_probe.json` (the sizes measured) and prints markdown tables.
 """
 
 import argparse
@@ -20,6 +24,7 @@ import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
+from typing import NamedTuple
 
 
 if TYPE_CHECKING:
@@ -30,6 +35,12 @@ REPO_DIR = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_DIR))  # run as `python benchmarks/x.py` from a checkout, installed or not
 RESULTS_FILE = REPO_DIR / "benchmarks" / "results" / "default_model_probe.json"
 FEATURES = {"cls": slice(0, 1), "patch mean": slice(1, 2), "both": slice(0, 2)}
+SUBSETS = ("human", "objects_indoor")
+SYNTHETIC_SEED = 0
+
+
+class ImagePair(NamedTuple):
+    images: list[str]  # [chosen, rejected], as the MJ-Bench rows `image_features` also reads
 
 
 def image_features(backbone: Path, pairs: list) -> "torch.Tensor":
@@ -91,29 +102,110 @@ def probe_table(features: dict) -> dict:
     return table
 
 
+def synthetic_pairs(sources, name: str, count: int, size: int) -> list[ImagePair]:
+    """`count` artifact pairs made from `sources` at `size` px (generated once, under ``$LLAVA_REWARD_HOME``, in a
+    folder named by everything they depend on, the generator's code included)."""
+    import hashlib
+
+    from llava_reward.default_backbone import llava_reward_home
+    from llava_reward.trainers import artifacts
+
+    generator = hashlib.sha256(Path(artifacts.__file__).read_bytes()).hexdigest()[:8]
+    folder = llava_reward_home() / "probe-artifacts" / f"{name}-{count}-{size}px-seed{SYNTHETIC_SEED}-{generator}"
+    if not (folder / artifacts.PAIRS_FILE).is_file():
+        artifacts.make_artifact_pairs(sources, folder, num_pairs=count, size=size, seed=SYNTHETIC_SEED)
+    rows = json.loads((folder / artifacts.PAIRS_FILE).read_text())
+    return [ImagePair([str(folder / row["chosen"]), str(folder / row["rejected"])]) for row in rows]
+
+
+def synthetic_sources(subsets: dict) -> dict:
+    """`{name: PhotoSource list}`: the library photos, and the preferred (original) image of each subset's pairs."""
+    from llava_reward.trainers.artifacts import PhotoSource
+    from llava_reward.trainers.artifacts import library_photos
+
+    sources = {"library": library_photos()}
+    for name in SUBSETS:
+        sources[name] = [PhotoSource(item.images[0], item.prompts[0]) for item in subsets[name]]
+    return sources
+
+
+def transfer_table(features: dict) -> dict:
+    """`{feature kind: {training set: {test subset: accuracy}}}`: probes fitted on artifact pairs (`synthetic
+    library`, `synthetic <subset>`), on real pairs of the other subset, or on both, and tested on a subset whose
+    images they never saw; plus `in-domain synthetic`: fitted on half the library's artifact pairs, tested on the
+    other half (can the frozen features see the synthetic defects at all?)."""
+    import torch
+
+    library = features["synthetic library"]
+    half = len(library) // 2
+    table = {}
+    for kind, part in FEATURES.items():
+        rows = {"in-domain synthetic": standardised_accuracy(library[:half], library[half:], part)}
+        for test in SUBSETS:
+            other = next(name for name in SUBSETS if name != test)
+            synthetic = ["synthetic library", f"synthetic {other}"]
+            training_sets = {
+                "real pairs of the other subset": [other],
+                "synthetic: library photos": synthetic[:1],
+                "synthetic: library + other subset's originals": synthetic,
+                "synthetic (library + originals) + real pairs": [*synthetic, other],
+            }
+            for label, names in training_sets.items():
+                train = torch.cat([features[name] for name in names])
+                rows.setdefault(label, {})[f"test {test}"] = standardised_accuracy(train, features[test], part)
+        table[kind] = rows
+    return table
+
+
+def standardised_accuracy(train, test, part: slice) -> float:
+    """`probe_accuracy` on (pairs, 2, 2, width) features standardised with the mean and deviation of `train`'s
+    images only (nothing of the test set is seen), keeping the feature kinds `part` selects."""
+    flat = train.flatten(0, 2)
+    mean, std = flat.mean(dim=0), flat.std(dim=0) + 1e-6
+    return probe_accuracy(((train - mean) / std)[:, :, part].flatten(2), ((test - mean) / std)[:, :, part].flatten(2))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--image-sizes", type=int, nargs="+", default=[112, 224])
     parser.add_argument("--data", help="folder of MJ-Bench subset folders (default: as `llava-reward demo` finds it)")
+    parser.add_argument("--synthetic", type=int, default=0, metavar="N",
+                        help="also measure transfer from N artifact pairs per photo set (library, each subset)")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     args = parser.parse_args()
 
     import torch
 
     torch.manual_seed(0)
+    torch.set_num_threads(args.threads)
     from llava_reward.cli.demo_workflow import find_data
     from llava_reward.cli.demo_workflow import read_pairs
     from llava_reward.default_backbone import build_default_backbone
 
     subsets = read_pairs(find_data(args.data))
-    results = {"description": __doc__.split("\n\n")[1], "image_sizes": {}}
+    results = json.loads(RESULTS_FILE.read_text()) if RESULTS_FILE.is_file() else {"image_sizes": {}}
+    results["description"] = __doc__.split("\n\n")[1]
     for size in args.image_sizes:
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         backbone = build_default_backbone(image_size=size)
         features = {name: image_features(backbone, pairs) for name, pairs in subsets.items()}
-        results["image_sizes"][size] = {"probe": probe_table(features), "seconds": round(time.perf_counter() - started)}
+        result = {"probe": probe_table(features)}
+        if args.synthetic:
+            for name, sources in synthetic_sources(subsets).items():
+                pairs = synthetic_pairs(sources, name, args.synthetic, size)
+                features[f"synthetic {name}"] = image_features(backbone, pairs)
+            result["synthetic"] = {"pairs_per_photo_set": args.synthetic, "seed": SYNTHETIC_SEED,
+                                   "transfer": transfer_table(features)}
+        result["seconds"] = round(time.perf_counter() - started)
+        result["cpu_minutes"] = round((time.process_time() - cpu_started) / 60, 1)
+        results["image_sizes"][str(size)] = result
     RESULTS_FILE.parent.mkdir(parents=True, exist_ok=True)
     RESULTS_FILE.write_text(json.dumps(results, indent=2) + "\n")
-    print(markdown(results["image_sizes"]))
+    measured = {size: results["image_sizes"][str(size)] for size in args.image_sizes}
+    print(markdown(measured))
+    if args.synthetic:
+        print()
+        print(transfer_markdown(measured))
     return 0
 
 
@@ -123,6 +215,20 @@ def markdown(image_sizes: dict) -> str:
     for size, result in image_sizes.items():
         for kind, accuracies in result["probe"].items():
             lines.append(f"| {size} | {kind} | " + " | ".join(f"{value:.2f}" for value in accuracies.values()) + " |")
+    return "\n".join(lines)
+
+
+def transfer_markdown(image_sizes: dict) -> str:
+    lines = ["| image px | features | fitted on | test human | test objects_indoor |", "|---|---|---|---|---|"]
+    for size, result in image_sizes.items():
+        for kind, rows in result["synthetic"]["transfer"].items():
+            for label, accuracies in rows.items():
+                if label == "in-domain synthetic":
+                    lines.append(f"| {size} | {kind} | (in-domain: half the library's artifact pairs, tested on the "
+                                 f"other half: {accuracies:.2f}) | | |")
+                    continue
+                cells = " | ".join(f"{accuracies[f'test {name}']:.2f}" for name in SUBSETS)
+                lines.append(f"| {size} | {kind} | {label} | {cells} |")
     return "\n".join(lines)
 
 

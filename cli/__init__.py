@@ -24,7 +24,8 @@ from .errors import UserInputError
 
 # Module names (in this package) of the subcommands, in the order `--help` lists them.
 SUBCOMMAND_MODULES = (
-    "demo", "score", "train", "build_backbone", "push", "convert_original", "evaluate", "serve", "generate", "paths"
+    "demo", "score", "train", "artifacts", "build_backbone", "push", "convert_original", "evaluate", "serve",
+    "generate", "paths",
 )
 
 

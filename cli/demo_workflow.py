@@ -107,6 +107,7 @@ class PreparedData:
     subsets: dict[str, Path]  # subset name -> its MJ-Bench folder (captions JSON + examples_<name>/)
     fingerprint: str  # of the source data as read (captions, image paths, sizes, modification times)
     num_pairs: dict[str, int]
+    originals: dict[str, list[tuple[str, str]]]  # subset -> (source file, prompt) of each preferred (original) image
 
     def training_file(self, subsets) -> Path:
         """A pairs JSON (prompt, chosen, rejected; absolute paths) holding the pairs of `subsets`."""
@@ -162,7 +163,9 @@ def prepare_data(data: Path, base_model: Path, *, limit: int | None = None, prog
     )
     root = llava_reward_home() / "data" / f"{data.name}-{size['width']}x{size['height']}-{fingerprint[:12]}"
     prepared = PreparedData(root, {name: root / name for name in subsets}, fingerprint,
-                            {name: len(items) for name, items in subsets.items()})
+                            {name: len(items) for name, items in subsets.items()},
+                            {name: [(item.images[0], item.prompts[0]) for item in items]
+                             for name, items in subsets.items()})
     if (root / FINGERPRINT_FILE).is_file():
         return prepared
     from tqdm.auto import tqdm
@@ -247,17 +250,109 @@ def evaluate_reward_model(model_dir: Path, subset_dir: Path, output_dir: Path, *
     return {**metrics, "seconds": seconds}
 
 
+@dataclasses.dataclass(frozen=True)
+class ArtifactPlan:
+    """Artifact pairs (`llava_reward.trainers.artifacts`: a real photo against a copy with local defects) added to
+    each training run, made from real photos that are never images of a held-out subset.
+
+    Attributes:
+        pairs: how many artifact pairs each run gets.
+        sources: `"library"` (the photos installed packages ship) or `"library+train"` (and the preferred images of
+            the subsets the run trains on).
+        mode: `"mix"` (shuffled in with the MJ-Bench pairs, one run) or `"pretrain"` (a first run on the artifact
+            pairs alone, for `pretrain_steps`; the MJ-Bench run starts from it with the recipe's steps).
+        pretrain_steps: steps of the pre-training run (mode "pretrain").
+        seed: the generator's seed.
+    """
+
+    pairs: int
+    sources: str = "library+train"
+    mode: str = "mix"
+    pretrain_steps: int = 0
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.sources not in ("library", "library+train") or self.mode not in ("mix", "pretrain") or self.pairs < 1:
+            raise ValueError(f"ArtifactPlan: invalid settings {self}.")
+        if (self.mode == "pretrain") != (self.pretrain_steps > 0):
+            raise ValueError(f"ArtifactPlan: pretrain_steps > 0 goes with mode 'pretrain' only, got {self}.")
+
+
+def artifact_pairs(prepared: PreparedData, subsets, base_model: Path, plan: ArtifactPlan, *,
+                   progress: bool = True) -> Path:
+    """The pairs JSON of `plan`'s artifact pairs for a run trained on `subsets`: made from the library photos and (if
+    the plan says so) the originals of `subsets` only, at `base_model`'s input size; cached under
+    ``$LLAVA_REWARD_HOME/data`` by a fingerprint of everything they are made from (and the generator's code)."""
+    from transformers import AutoImageProcessor
+
+    from llava_reward.trainers import artifacts
+
+    sources = artifacts.library_photos()
+    if plan.sources == "library+train":
+        sources += [artifacts.PhotoSource(path, prompt)
+                    for name in sorted(subsets) for path, prompt in prepared.originals[name]]
+    size = AutoImageProcessor.from_pretrained(base_model).crop_size["height"]
+    fingerprint = _fingerprint({
+        "sources": [[source.prompt, *_file_stamp(source.path)] for source in sources],
+        "pairs": plan.pairs, "seed": plan.seed, "size": size,
+        "generator": hashlib.sha256(Path(artifacts.__file__).read_bytes()).hexdigest(),
+    })
+    folder = llava_reward_home() / "data" / f"artifacts-{size}px-{fingerprint[:12]}"
+    if not (folder / artifacts.PAIRS_FILE).is_file():
+        artifacts.make_artifact_pairs(sources, folder, num_pairs=plan.pairs, size=size, seed=plan.seed)
+    return folder / artifacts.PAIRS_FILE
+
+
+def train_on(prepared: PreparedData, subsets, base_model: Path, output_dir: Path, *, recipe: Path = RECIPE,
+             overrides: dict | None = None, artifacts: ArtifactPlan | None = None, progress: bool = True,
+             say=lambda message: None) -> dict:
+    """Train the recipe's reward model on the MJ-Bench pairs of `subsets` (and `artifacts`, if given) into
+    `output_dir`; returns the wall and CPU seconds taken, pre-training included."""
+    train_file = prepared.training_file(subsets)
+    if artifacts is None:
+        return train_reward_model(base_model, train_file, output_dir, recipe=recipe, overrides=overrides,
+                                  progress=progress)
+    artifact_file = artifact_pairs(prepared, subsets, base_model, artifacts, progress=progress)
+    if artifacts.mode == "mix":
+        say(f"adding {artifacts.pairs} artifact pairs ({artifacts.sources} photos)")
+        mixed = train_file.with_name(f"{train_file.stem}+{artifact_file.parent.name}.json")
+        if not mixed.is_file():
+            write_json(mixed, _absolute_rows(train_file) + _absolute_rows(artifact_file))
+        return train_reward_model(base_model, mixed, output_dir, recipe=recipe, overrides=overrides, progress=progress)
+    pretrained = output_dir.parent / f"{output_dir.name}-pretrained"
+    say(f"pre-training on {artifacts.pairs} artifact pairs ({artifacts.sources} photos), "
+        f"{artifacts.pretrain_steps} steps")
+    first = train_reward_model(base_model, artifact_file, pretrained, recipe=recipe,
+                               overrides={**(overrides or {}), "training.max_steps": artifacts.pretrain_steps},
+                               progress=progress)
+    second = train_reward_model(base_model, train_file, output_dir, recipe=recipe,
+                                overrides={**(overrides or {}), "model.init_from": str(pretrained)}, progress=progress)
+    shutil.rmtree(pretrained, ignore_errors=True)
+    return {key: round(first[key] + second[key], 1) for key in first}
+
+
+def _absolute_rows(pairs_file: Path) -> list[dict]:
+    """The rows of a `pairs` JSON with image paths made absolute (so that rows of several files can be combined)."""
+    rows = json.loads(pairs_file.read_text())
+    return [{**row, **{key: str(pairs_file.parent / row[key]) for key in ("chosen", "rejected")}} for row in rows]
+
+
 def cross_subset(prepared: PreparedData, base_model: Path, work_dir: Path, *, recipe: Path = RECIPE,
-                 overrides: dict | None = None, progress: bool = True, say=lambda message: None) -> dict:
-    """Hold out each subset in turn: train on the others, evaluate on it. Returns `{subset: result}`."""
+                 overrides: dict | None = None, artifacts: ArtifactPlan | None = None, held_out_subsets=None,
+                 progress: bool = True, say=lambda message: None) -> dict:
+    """Hold out each subset in turn (or only those of `held_out_subsets`): train on the others (and on `artifacts`
+    made without its images), evaluate on it. Returns `{subset: result}`."""
+    unknown = sorted(set(held_out_subsets or ()) - set(prepared.subsets))
+    if unknown:
+        raise DefaultModelError(f"cross_subset: no subset {unknown[0]!r} in the data ({list(prepared.subsets)}).")
     results = {}
-    for held_out in prepared.subsets:
+    for held_out in held_out_subsets or prepared.subsets:
         others = [name for name in prepared.subsets if name != held_out]
         model_dir = work_dir / held_out / "model"
         say(f"cross-subset: training on {' + '.join(others)} ({sum(prepared.num_pairs[n] for n in others)} pairs), "
             f"holding out {held_out}")
-        training = train_reward_model(base_model, prepared.training_file(others), model_dir, recipe=recipe,
-                                      overrides=overrides, progress=progress)
+        training = train_on(prepared, others, base_model, model_dir, recipe=recipe, overrides=overrides,
+                            artifacts=artifacts, progress=progress, say=say)
         say(f"cross-subset: evaluating on {held_out} ({prepared.num_pairs[held_out]} pairs)")
         metrics = evaluate_reward_model(model_dir, prepared.subsets[held_out], work_dir / held_out / "evaluation",
                                         progress=progress)

@@ -71,6 +71,7 @@ class ModelArguments:
     pooling: str = "last"
     perspective: str = "overall"
     max_prompt_tokens: int = 256  # longer prompts are truncated by the processor
+    init_from: str | None = None  # start from this trained perspective's LoRA + head (same base and LoRA settings)
 
 
 @dataclass
@@ -263,6 +264,8 @@ def train(recipe: Recipe, resume: bool | str = False):
         model, args, train_dataset=train_dataset, eval_dataset=eval_dataset or None, processing_class=processor
     )
     trainer.data_sources = [str(data_args.train)]
+    if model_args.init_from:
+        trainer.load_trained_weights(model_args.init_from)
     trainable, total = trainer.trainable_parameters
     if trainer.is_world_process_zero():
         print(

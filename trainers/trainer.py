@@ -35,6 +35,7 @@ from llava_reward.objectives import Objective
 from llava_reward.objectives import get_objective
 from llava_reward.objectives import names_with
 from llava_reward.provenance import fingerprints
+from llava_reward.provenance import read_training_data
 from llava_reward.provenance import write_training_data
 
 from .data import LABELLED_COLUMNS
@@ -83,6 +84,9 @@ class LlavaRewardTrainingConfig(RewardConfig):
             Whether the vision projector belongs to the trainable head (with `"lora"` and `"head"`), as in the paper.
         lora_r (`int`, defaults to `128`), lora_alpha (`int`, defaults to `256`), lora_dropout (`float`, defaults
         to `0.05`): the paper's LoRA settings.
+        lora_vision_blocks (`int`, defaults to `0`):
+            With `"lora"`: also put LoRA on every linear layer of the vision encoder's last `lora_vision_blocks`
+            blocks (those feeding the image features). 0 keeps the vision encoder frozen, as in the paper.
 
     Defaults that differ from `RewardConfig`: `learning_rate=2e-4` (the paper's); `bf16` only where the GPU supports it
     (not on CPU, where bf16 matmuls are slow on most processors); activation (gradient) checkpointing off: it
@@ -109,6 +113,9 @@ class LlavaRewardTrainingConfig(RewardConfig):
     lora_r: int = field(default=128, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=256, metadata={"help": "LoRA alpha."})
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
+    lora_vision_blocks: int = field(
+        default=0, metadata={"help": "LoRA on the vision encoder's last N blocks too (0: vision encoder frozen)."}
+    )
 
     learning_rate: float = field(default=2e-4, metadata={"help": "The initial learning rate for AdamW."})
     gradient_checkpointing: bool | None = field(
@@ -138,6 +145,11 @@ class LlavaRewardTrainingConfig(RewardConfig):
                 f"LoRA needs lora_r > 0, lora_alpha > 0 and 0 <= lora_dropout < 1, got {self.lora_r}, "
                 f"{self.lora_alpha}, {self.lora_dropout}."
             )
+        if self.lora_vision_blocks < 0 or (self.lora_vision_blocks and self.tuning != "lora"):
+            raise ValueError(
+                f"`lora_vision_blocks` must be >= 0, and only applies to tuning='lora'; got {self.lora_vision_blocks} "
+                f"with tuning={self.tuning!r}."
+            )
         for name in _TEXT_ONLY_FIELDS:
             if getattr(self, name) is not None:
                 raise ValueError(f"`{name}` is a text-tokenizer setting that LlavaRewardTrainer does not use.")
@@ -153,9 +165,9 @@ def _check_margin_scale(objective: Objective, margin_scale: float) -> None:
 def prepare_for_training(model: LlavaRewardModel, args: LlavaRewardTrainingConfig) -> torch.nn.Module:
     """Freeze and unfreeze as `args.tuning` says; with LoRA, wrap the model in a `PeftModel`.
 
-    LoRA goes on the language model only (the family's `lora_target_modules`); the vision tower and the base
-    language model stay frozen; the projector, SkipCA and the value head are trained as full parameters (the
-    published code left them out of the optimizer: defect 5).
+    LoRA goes on the language model (the family's `lora_target_modules`) and, with `args.lora_vision_blocks`, on the
+    vision encoder's last blocks; the base weights stay frozen; the projector, SkipCA and the value head are trained
+    as full parameters (the published code left them out of the optimizer: defect 5).
     """
     if args.disable_dropout:  # before LoRA, so that LoRA's own dropout is kept
         disable_dropout_in_model(model)
@@ -169,8 +181,12 @@ def prepare_for_training(model: LlavaRewardModel, args: LlavaRewardTrainingConfi
         from peft import LoraConfig
         from peft import get_peft_model
 
+        targets = model.family.lora_target_modules
+        if args.lora_vision_blocks:
+            vision = model.family.vision_lora_target_modules(model.vlm, args.lora_vision_blocks)
+            targets = f"(?:{targets})|(?:{vision})"
         lora = LoraConfig(
-            target_modules=model.family.lora_target_modules,
+            target_modules=targets,
             r=args.lora_r,
             lora_alpha=args.lora_alpha,
             lora_dropout=args.lora_dropout,
@@ -300,6 +316,7 @@ class LlavaRewardTrainer(RewardTrainer):
         self.trainable_parameters = count_parameters(self.model)  # (trainable, total)
         # Where the training data came from (a Hub id, a file), recorded in training_data.json; `train` sets it.
         self.data_sources: list[str] = []
+        self.initial_training_images: frozenset[str] = frozenset()  # of the model `load_trained_weights` started from
         logger.info("%s tuning: %d of %d parameters trainable.", args.tuning, *self.trainable_parameters)
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
@@ -393,10 +410,33 @@ class LlavaRewardTrainer(RewardTrainer):
 
     @functools.cached_property
     def training_fingerprints(self) -> set[str]:
-        """Fingerprints of the training images (`llava_reward.provenance`), computed once."""
+        """Fingerprints of the training images (`llava_reward.provenance`), computed once; with
+        `load_trained_weights`, those of the model it started from too."""
         columns = [column for column in IMAGE_FIELDS if column in self.train_dataset.column_names]
         rows = self.train_dataset.select_columns(columns)
-        return fingerprints(row[column] for row in rows for column in columns)
+        return fingerprints(row[column] for row in rows for column in columns) | self.initial_training_images
+
+    def load_trained_weights(self, folder: str | os.PathLike) -> None:
+        """Start training from the perspective trained in `folder` (an adapter bundle, e.g. pre-trained on artifact
+        pairs): its LoRA, projector, SkipCA and value head. It must have been trained with the same base model, head
+        and LoRA settings (every LoRA weight of this model must be in it, and nothing else). Its training images
+        count as this model's (`training_data.json`), and its folder is named among the data sources."""
+        folder = Path(folder)
+        if self.args.tuning == "full" or not (folder / REWARD_HEAD_WEIGHTS).is_file():
+            raise ValueError(
+                f"init_from {folder}: expected an adapter bundle ({REWARD_HEAD_WEIGHTS}, lora/) to start a "
+                f"tuning={self.args.tuning!r} run from."
+            )
+        try:  # the bundle's whole tensors into the parameters; every trainable one must be there, nothing else
+            state_dict = reward_bundle_state_dict(self.model, folder)
+            load_trainable_state_dict(self.model, state_dict, self.accelerator)
+        except (KeyError, ValueError) as error:
+            raise ValueError(
+                f"init_from {folder}: its weights do not match this model's (train both with the same base model, "
+                f"head and LoRA settings): {error}"
+            ) from None
+        self.initial_training_images = frozenset(read_training_data(folder) or ())
+        self.data_sources.append(f"initialised from {folder}")
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         head_file = Path(resume_from_checkpoint) / REWARD_HEAD_WEIGHTS
