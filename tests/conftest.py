@@ -63,6 +63,9 @@ def sigint_when():
     import time
 
     watchers = []
+    # Python's Ctrl-C handler, also when pytest was started in the background by a shell without job control
+    # (`cmd &`), which starts it with SIGINT ignored.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def start(condition, timeout: float = 300):
         stop = threading.Event()
@@ -83,3 +86,4 @@ def sigint_when():
     for stop, thread in watchers:
         stop.set()
         thread.join()
+    signal.signal(signal.SIGINT, previous)
