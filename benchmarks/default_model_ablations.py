@@ -66,6 +66,12 @@ VARIANTS = {
         "pre-trained 39 steps (~1 epoch) on 300 artifact pairs (library + training-subset photos), then the default "
         "recipe (layer 5, 78 steps) on the subset from there (init_from)",
         {}, artifacts={"pairs": 300, "sources": "library+train", "mode": "pretrain", "pretrain_steps": 39}),
+    "vision_lora_2": Variant(
+        "LoRA also on the vision encoder's last 2 blocks (lora_vision_blocks), else the default recipe (layer 5, 78 "
+        "steps)", {"training.lora_vision_blocks": 2}),
+    "visual_layer_3": Variant(
+        "SkipCA reads the image tokens' hidden states after decoder layer 3 instead of the projector output (layer 5, "
+        "78 steps)", {"model.visual_layer": 3}),
     "artifacts_mix_300": Variant(
         "layer 5, + 300 artifact pairs (library + training-subset photos) mixed in, 117 steps (~2.3 epochs of 400)",
         {"training.max_steps": 117}, artifacts={"pairs": 300, "sources": "library+train", "mode": "mix"}),
