@@ -83,5 +83,10 @@ def test_the_wheel_holds_one_top_level_import_name(tmp_path):
         "llava_reward/configuration/serve/reward_service.yaml",
         "llava_reward/serving/server.py",
         "llava_reward/steering/fk.py",
+        # the embedded default model's trained part: `llava_reward.load("default")` after `pip install`
+        "llava_reward/default_model/config.json",
+        "llava_reward/default_model/reward_head.safetensors",
+        "llava_reward/default_model/lora/adapter_model.safetensors",
+        "llava_reward/default_model/metrics.json",
     ):
         assert expected in names
