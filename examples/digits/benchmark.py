@@ -34,6 +34,7 @@ sys.path.insert(0, str(HERE))
 import digits  # noqa: E402
 
 from llava_reward import LlavaRewardScorer  # noqa: E402
+from llava_reward.files import write_json  # noqa: E402
 from llava_reward.steering import best_of_n  # noqa: E402
 from llava_reward.steering import fk_steering  # noqa: E402
 from llava_reward.steering import particle_generators  # noqa: E402
@@ -169,11 +170,7 @@ def main(argv=None):
         "results": rows,
         "table": table(rows),
     }
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    temporary = output.with_suffix(".json.tmp")
-    temporary.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(temporary, output)
+    output = write_json(args.output, report)
     print(report["table"])
     print(f"judge: {judge_metrics['test_accuracy']:.3f} on held-out real digits; reward: "
           f"{report['reward'].get('pair_accuracy', float('nan')):.3f} held-out pair accuracy; report in {output}")

@@ -34,6 +34,7 @@ import benchmark  # noqa: E402
 import digits  # noqa: E402
 
 from llava_reward import LlavaRewardScorer  # noqa: E402
+from llava_reward.files import write_json  # noqa: E402
 from llava_reward.steering import reward_finetune  # noqa: E402
 
 
@@ -156,11 +157,7 @@ def main(argv=None):
         "results": rows,
         "table": benchmark.table(rows),
     }
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    temporary = output.with_suffix(".json.tmp")
-    temporary.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(temporary, output)
+    output = write_json(args.output, report)
     print(report["table"])
     print(f"training: {settings.steps} steps in {training['train_seconds']:.0f} s ({training['train_cpu_seconds']:.0f}"
           f" CPU-s); report in {output}")
