@@ -50,6 +50,19 @@ def tiny_trained(tmp_path_factory) -> dict[str, Path]:
     return outputs
 
 
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """A folder laid out as the tiny recipe expects (`python -m llava_reward.trainers.synthetic tiny-task`); one per
+    test module, which may train into it."""
+    from llava_reward.testing import save_tiny_vlm
+    from llava_reward.trainers.synthetic import write_colour_task
+
+    root = tmp_path_factory.mktemp("work")
+    write_colour_task(root / "tiny-task", train_pairs=16, eval_pairs=4)
+    save_tiny_vlm("llava", root / "tiny-task" / "base")
+    return root
+
+
 @pytest.fixture
 def sigint_when():
     """`sigint_when(condition)`: send this process a real SIGINT (what Ctrl-C sends) as soon as `condition()` holds,

@@ -18,8 +18,6 @@ import pytest
 
 from llava_reward import LlavaRewardScorer
 from llava_reward.cli import main as cli_main
-from llava_reward.testing import save_tiny_vlm
-from llava_reward.trainers.synthetic import write_colour_task
 from llava_reward.trainers.train import RecipeError
 from llava_reward.trainers.train import resume_checkpoint
 
@@ -47,15 +45,6 @@ def save_rng_state_or_die(self, output_dir):
 Trainer._save_rng_state = save_rng_state_or_die
 sys.exit(main(sys.argv[1:]))
 """
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    """A folder laid out as the tiny recipe expects (`python -m llava_reward.trainers.synthetic tiny-task`)."""
-    root = tmp_path_factory.mktemp("work")
-    write_colour_task(root / "tiny-task", train_pairs=16, eval_pairs=4)
-    save_tiny_vlm("llava", root / "tiny-task" / "base")
-    return root
 
 
 def run(arguments, cwd, **env) -> subprocess.CompletedProcess:

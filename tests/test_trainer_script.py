@@ -12,8 +12,6 @@ from safetensors.torch import load_file
 
 from llava_reward import LlavaRewardScorer
 from llava_reward.cli import main as cli_main
-from llava_reward.testing import save_tiny_vlm
-from llava_reward.trainers.synthetic import write_colour_task
 from llava_reward.trainers.train import RecipeError
 from llava_reward.trainers.train import load_recipe
 from llava_reward.trainers.train import main
@@ -92,15 +90,6 @@ def test_overrides_reach_every_section_and_parse_as_yaml_1_2(tmp_path):
 def test_bad_overrides_name_the_key(overrides, message):
     with pytest.raises(RecipeError, match=message):
         load_recipe(REPO / "configuration" / "recipes" / "tiny.yaml", parse_overrides(overrides))
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    """A folder laid out as the tiny recipe expects (`python -m llava_reward.trainers.synthetic tiny-task`)."""
-    root = tmp_path_factory.mktemp("work")
-    write_colour_task(root / "tiny-task", train_pairs=16, eval_pairs=4)
-    save_tiny_vlm("llava", root / "tiny-task" / "base")
-    return root
 
 
 def run(args, cwd, **env):
