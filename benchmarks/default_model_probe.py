@@ -12,8 +12,12 @@ fits a Bradley-Terry linear probe on `features(chosen) - features(rejected)` wit
   the *training* subset (never the tested subset's images), and on those plus the training subset's real pairs;
   tested on the other subset. Here the standardisation comes from the training features only.
 
+- with `--tiles N`, the features of N x N tiles of the image (the tiled default backbone's LLaVA-NeXT processor: the
+  image fitted into N x size px, cut into tiles of size px), averaged over the tiles.
+
     python benchmarks/default_model_probe.py                    # 112 and 224 px
     python benchmarks/default_model_probe.py --image-sizes 112 --synthetic 300
+    python benchmarks/default_model_probe.py --image-sizes 112 --tiles 3
 
 Updates `benchmarks/results/default_model_probe.json` (the sizes measured) and prints markdown tables.
 """
@@ -44,7 +48,8 @@ class ImagePair(NamedTuple):
 
 
 def image_features(backbone: Path, pairs: list) -> "torch.Tensor":
-    """(pairs, 2, 2, width): [chosen, rejected] x [CLS, mean of patch tokens] of the frozen vision tower."""
+    """(pairs, 2, 2, width): [chosen, rejected] x [CLS, mean of patch tokens] of the frozen vision tower (with a
+    tiled backbone, averaged over the tiles; its whole-image view is left out)."""
     import torch
     from transformers import AutoImageProcessor
     from transformers import AutoModel
@@ -57,8 +62,10 @@ def image_features(backbone: Path, pairs: list) -> "torch.Tensor":
     with torch.inference_mode():
         for item in pairs:
             pixels = image_processor(images=[load_image(path) for path in item.images], return_tensors="pt")
-            hidden = vision_tower(pixel_values=pixels["pixel_values"]).last_hidden_state  # (2, 1 + patches, width)
-            features.append(torch.stack([hidden[:, 0], hidden[:, 1:].mean(dim=1)], dim=1))
+            views = pixels["pixel_values"].flatten(0, -4)  # (2 x views, 3, size, size): views = 1, or 1 + tiles
+            hidden = vision_tower(pixel_values=views).last_hidden_state  # (2 x views, 1 + patches, width)
+            kinds = torch.stack([hidden[:, 0], hidden[:, 1:].mean(dim=1)], dim=1).unflatten(0, (2, -1))
+            features.append(kinds[:, 1:].mean(dim=1) if kinds.shape[1] > 1 else kinds[:, 0])
     return torch.stack(features)
 
 
@@ -171,6 +178,8 @@ def main() -> int:
     parser.add_argument("--data", help="folder of MJ-Bench subset folders (default: as `llava-reward demo` finds it)")
     parser.add_argument("--synthetic", type=int, default=0, metavar="N",
                         help="also measure transfer from N artifact pairs per photo set (library, each subset)")
+    parser.add_argument("--tiles", type=int, default=1, metavar="N",
+                        help="read N x N tiles of each image, averaged (the tiled backbone; default 1: the image)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     args = parser.parse_args()
 
@@ -185,23 +194,25 @@ def main() -> int:
     subsets = read_pairs(find_data(args.data))
     results = json.loads(RESULTS_FILE.read_text()) if RESULTS_FILE.is_file() else {"image_sizes": {}}
     results["description"] = __doc__.split("\n\n")[1]
+    labels = {size: str(size) if args.tiles == 1 else f"{size} ({args.tiles}x{args.tiles} tiles)"
+              for size in args.image_sizes}
     for size in args.image_sizes:
         started, cpu_started = time.perf_counter(), time.process_time()
-        backbone = build_default_backbone(image_size=size)
+        backbone = build_default_backbone(image_size=size, tiles=args.tiles)
         features = {name: image_features(backbone, pairs) for name, pairs in subsets.items()}
         result = {"probe": probe_table(features)}
         if args.synthetic:
             for name, sources in synthetic_sources(subsets).items():
-                pairs = synthetic_pairs(sources, name, args.synthetic, size)
+                pairs = synthetic_pairs(sources, name, args.synthetic, size * args.tiles)
                 features[f"synthetic {name}"] = image_features(backbone, pairs)
             result["synthetic"] = {"pairs_per_photo_set": args.synthetic, "seed": SYNTHETIC_SEED,
                                    "transfer": transfer_table(features)}
         result["seconds"] = round(time.perf_counter() - started)
         result["cpu_minutes"] = round((time.process_time() - cpu_started) / 60, 1)
-        results["image_sizes"][str(size)] = result
+        results["image_sizes"][labels[size]] = result
     RESULTS_FILE.parent.mkdir(parents=True, exist_ok=True)
     RESULTS_FILE.write_text(json.dumps(results, indent=2) + "\n")
-    measured = {size: results["image_sizes"][str(size)] for size in args.image_sizes}
+    measured = {labels[size]: results["image_sizes"][labels[size]] for size in args.image_sizes}
     print(markdown(measured))
     if args.synthetic:
         print()

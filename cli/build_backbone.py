@@ -4,14 +4,15 @@ the pretrained files shipped in PyPI packages, into the user cache; print its fo
 Example:
     >>> from llava_reward.cli import build_parser
     >>> args = build_parser().parse_args(["build-backbone", "--image-size", "112", "--force"])
-    >>> (args.image_size, args.force, args.output)
-    (112, True, None)
+    >>> (args.image_size, args.tiles, args.force, args.output)
+    (112, 1, True, None)
 """
 
 import argparse
 import pathlib
 
 from .options import image_size
+from .options import positive_int
 
 
 def register(subparsers) -> None:
@@ -34,6 +35,14 @@ def register(subparsers) -> None:
         metavar="PX",
         help="square input side in pixels, a multiple of 14 (224: 256 image tokens; 112: 64, ~4x faster)",
     )
+    parser.add_argument(
+        "--tiles",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="also read each image as N x N tiles of --image-size px: a LLaVA-NeXT checkpoint (anyres); 2 at 112 px "
+        "gives 336 image tokens (default 1: a LLaVA checkpoint)",
+    )
     parser.add_argument("--force", action="store_true", help="rebuild even if a valid backbone is already there")
     parser.add_argument("--quiet", action="store_true", help="no progress messages")
     parser.set_defaults(func=run)
@@ -48,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         path = build_default_backbone(
-            args.output, image_size=args.image_size, force=args.force, progress=not args.quiet
+            args.output, image_size=args.image_size, tiles=args.tiles, force=args.force, progress=not args.quiet
         )
     except (MissingBackboneDependency, BackboneParityError, FileExistsError) as error:
         raise UserInputError(str(error)) from None

@@ -36,6 +36,14 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--image-size", type=image_size, default=None, metavar="PX", help="backbone input side (default: 112)"
     )
+    parser.add_argument(
+        "--tiles",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="the tiled backbone, which also reads N x N tiles of --image-size px (N=3: the better, about 10x slower "
+        "recipe of docs/default-model.md; default 1)",
+    )
     parser.add_argument("--max-steps", type=positive_int, metavar="N", help="a quick check: N training steps per model")
     parser.add_argument("--limit", type=positive_int, metavar="N", help="a quick check: the first N pairs per subset")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or step messages")
@@ -62,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
         result = run_demo(
             args.data,
             image_size=args.image_size or IMAGE_SIZE,
+            tiles=args.tiles,
             max_steps=args.max_steps,
             limit=args.limit,
             force=args.force,

@@ -156,12 +156,12 @@ def prepare_data(data: Path, base_model: Path, *, limit: int | None = None, prog
 
     subsets = subsets or read_pairs(data, limit)
     image_processor = AutoImageProcessor.from_pretrained(base_model)
-    size = image_processor.crop_size
+    side = stored_side(image_processor)
     fingerprint = _fingerprint(
         {"items": [[item.id, item.prompts, *map(_file_stamp, item.images)] for items in subsets.values() for item in items],
          "image_processor": image_processor.to_dict()}
     )
-    root = llava_reward_home() / "data" / f"{data.name}-{size['width']}x{size['height']}-{fingerprint[:12]}"
+    root = llava_reward_home() / "data" / f"{data.name}-{side}x{side}-{fingerprint[:12]}"
     prepared = PreparedData(root, {name: root / name for name in subsets}, fingerprint,
                             {name: len(items) for name, items in subsets.items()},
                             {name: [(item.images[0], item.prompts[0]) for item in items]
@@ -196,12 +196,26 @@ def _write_subset(folder: Path, name: str, items: list, image_processor, tqdm, p
     write_json(folder / f"captions_{name.replace('/', '_')}.json", rows)
 
 
+def stored_side(image_processor) -> int:
+    """The side of the stored images: the model's input size, or with LLaVA-NeXT tiles the side they are cut from."""
+    pinpoints = getattr(image_processor, "image_grid_pinpoints", None)
+    return max(map(max, pinpoints)) if pinpoints else image_processor.crop_size["height"]
+
+
 def _processed_image(path: str, image_processor):
-    """The image as the model sees it before normalisation: resized and cropped by `image_processor`, as uint8."""
+    """The image as the model sees it before normalisation: resized and cropped by `image_processor`, as uint8.
+
+    With LLaVA-NeXT tiles, the image fitted into the tiles' square (aspect kept), which the processor cuts into tiles
+    unchanged; its whole-image view is then made from this image rather than the original (a second resampling).
+    """
     from PIL import Image
 
     from llava_reward.image_inputs import load_image
 
+    if getattr(image_processor, "image_grid_pinpoints", None):
+        image, side = load_image(path), stored_side(image_processor)
+        scale = side / max(image.size)
+        return image.resize([round(length * scale) for length in image.size], Image.Resampling.BICUBIC)
     array = image_processor(images=[load_image(path)], do_rescale=False, do_normalize=False, return_tensors="np")
     return Image.fromarray(array["pixel_values"][0].round().astype("uint8").transpose(1, 2, 0))
 
@@ -291,7 +305,7 @@ def artifact_pairs(prepared: PreparedData, subsets, base_model: Path, plan: Arti
     if plan.sources == "library+train":
         sources += [artifacts.PhotoSource(path, prompt)
                     for name in sorted(subsets) for path, prompt in prepared.originals[name]]
-    size = AutoImageProcessor.from_pretrained(base_model).crop_size["height"]
+    size = stored_side(AutoImageProcessor.from_pretrained(base_model))
     fingerprint = _fingerprint({
         "sources": [[source.prompt, *_file_stamp(source.path)] for source in sources],
         "pairs": plan.pairs, "seed": plan.seed, "size": size,
@@ -377,6 +391,7 @@ def run_demo(
     data=None,
     *,
     image_size: int = IMAGE_SIZE,
+    tiles: int = 1,
     max_steps: int | None = None,
     limit: int | None = None,
     force: bool = False,
@@ -387,6 +402,8 @@ def run_demo(
     Args:
         data: the folder of MJ-Bench subset folders (default: `find_data()`).
         image_size: input side of the backbone in pixels (a multiple of 14).
+        tiles: with more than 1, the tiled (LLaVA-NeXT) backbone, which also reads `tiles` x `tiles` tiles of
+            `image_size` px: the better, slower recipe of docs/default-model.md.
         max_steps: train for this many steps instead of the recipe's epochs (a quick check).
         limit: only the first `limit` pairs of each subset (a quick check).
         force: train again even if a default model made from the same inputs is cached.
@@ -401,13 +418,15 @@ def run_demo(
     say = reporter("llava-reward demo", progress, start)
     data = find_data(data)
     subsets = read_pairs(data, limit)  # bad data fails here, before the backbone is built
-    backbone = build_default_backbone(image_size=image_size, progress=progress)
+    backbone = build_default_backbone(image_size=image_size, tiles=tiles, progress=progress)
     say(f"storing the {sum(map(len, subsets.values()))} MJ-Bench pairs of {data} at the model's input size")
     prepared = prepare_data(data, backbone, limit=limit, progress=progress, subsets=subsets)
     overrides = {"training.max_steps": max_steps} if max_steps else {}
     settings = {"recipe": RECIPE.read_text(), "overrides": overrides, "image_size": image_size, "limit": limit,
                 "backbone": _backbone_identity(backbone), "data": prepared.fingerprint,
                 "package_version": importlib.metadata.version("llava-reward")}
+    if tiles > 1:  # only then, so that untiled models made before tiles existed keep their fingerprint (and cache)
+        settings["tiles"] = tiles
     fingerprint = _fingerprint(settings)
     model_dir = default_model_dir()
     reused = not force and _cached_fingerprint(model_dir) == fingerprint
@@ -569,10 +588,16 @@ def write_card(model_dir: Path, record: dict) -> None:
 def _describe(metrics: dict) -> str:
     model, training = metrics["recipe"]["model"], metrics["recipe"]["training"]
     return (
-        f"SmolLM2-135M + DINOv2 ViT-S/14 at {metrics['settings']['image_size']} px, {training['objective'].upper()}, "
+        f"SmolLM2-135M + DINOv2 ViT-S/14 at {metrics['settings']['image_size']} px{_tiles_note(metrics)}, "
+        f"{training['objective'].upper()}, "
         f"{'SkipCA' if model['head'] == 'skipca' else 'linear head'}, layer {model['hidden_layer']}, "
         f"LoRA r{training['lora_r']} + projector + head"
     )
+
+
+def _tiles_note(metrics: dict) -> str:
+    tiles = metrics["settings"].get("tiles", 1)
+    return f" (+ {tiles}x{tiles} tiles)" if tiles > 1 else ""
 
 
 def _baselines(references: list[dict], models: tuple[str, ...]) -> dict[str, dict[str, float]]:

@@ -90,8 +90,8 @@ def portable_base_reference(base_model: str | None, revision: str | None, saved_
     if not base_model or not os.path.isdir(base_model):
         return base_model, revision
     info = read_build_info(Path(base_model))
-    if info is not None and is_default_backbone(Path(base_model), info.get("image_size")):
-        return backbone_reference(info["image_size"]), build_fingerprint(info)
+    if info is not None and is_default_backbone(Path(base_model), info.get("image_size"), info.get("tiles", 1)):
+        return backbone_reference(info["image_size"], info.get("tiles", 1)), build_fingerprint(info)
     relative = os.path.relpath(Path(base_model).resolve(), Path(saved_in).resolve())
     return (relative if relative.startswith("..") else f"./{relative}"), None
 

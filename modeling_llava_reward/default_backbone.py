@@ -193,9 +193,10 @@ def llava_reward_home() -> pathlib.Path:
     return pathlib.Path(home).expanduser() if home else pathlib.Path.home() / ".cache" / "llava-reward"
 
 
-def backbone_name(image_size: int = DEFAULT_IMAGE_SIZE) -> str:
-    """The folder name of the default backbone built for `image_size` px inputs."""
-    return f"llava-smollm2-135m-dinov2-vits14-{image_size}px"
+def backbone_name(image_size: int = DEFAULT_IMAGE_SIZE, tiles: int = 1) -> str:
+    """The folder name of the default backbone built for `image_size` px inputs (and `tiles` x `tiles` anyres tiles
+    of that size, when more than 1)."""
+    return f"llava-smollm2-135m-dinov2-vits14-{image_size}px" + (f"-{tiles}x{tiles}tiles" if tiles > 1 else "")
 
 
 # Saved reward models name the default backbone by this stable reference instead of a path on one machine;
@@ -203,15 +204,17 @@ def backbone_name(image_size: int = DEFAULT_IMAGE_SIZE) -> str:
 REFERENCE_PREFIX = "llava-reward:backbones/"
 
 
-def backbone_reference(image_size: int = DEFAULT_IMAGE_SIZE) -> str:
-    """The stable name of the default backbone for `image_size` px inputs, as saved models record it.
+def backbone_reference(image_size: int = DEFAULT_IMAGE_SIZE, tiles: int = 1) -> str:
+    """The stable name of the default backbone for `image_size` px inputs (and `tiles`), as saved models record it.
 
     Example:
         >>> from llava_reward.default_backbone import backbone_reference
         >>> backbone_reference(112)
         'llava-reward:backbones/llava-smollm2-135m-dinov2-vits14-112px'
+        >>> backbone_reference(112, tiles=2)
+        'llava-reward:backbones/llava-smollm2-135m-dinov2-vits14-112px-2x2tiles'
     """
-    return REFERENCE_PREFIX + backbone_name(image_size)
+    return REFERENCE_PREFIX + backbone_name(image_size, tiles)
 
 
 def is_backbone_reference(name) -> bool:
@@ -225,13 +228,15 @@ def resolve_backbone_reference(reference: str, fingerprint: str | None = None, *
     `fingerprint` is the build fingerprint the saved model recorded: a backbone built from other source files is
     reported (a warning), since the model's head was trained on the recorded one.
     """
-    match = re.fullmatch(re.escape(REFERENCE_PREFIX) + r"llava-smollm2-135m-dinov2-vits14-(\d+)px", reference)
+    match = re.fullmatch(
+        re.escape(REFERENCE_PREFIX) + r"llava-smollm2-135m-dinov2-vits14-(\d+)px(?:-(\d+)x\2tiles)?", reference
+    )
     if match is None:
         raise ValueError(f"{reference!r} is not a default-backbone reference (e.g. {backbone_reference(112)!r}).")
-    image_size = int(match.group(1))
-    path = default_backbone_dir(image_size)
-    if not is_default_backbone(path, image_size):
-        build_default_backbone(path, image_size=image_size, progress=progress)
+    image_size, tiles = int(match.group(1)), int(match.group(2) or 1)
+    path = default_backbone_dir(image_size, tiles)
+    if not is_default_backbone(path, image_size, tiles):
+        build_default_backbone(path, image_size=image_size, tiles=tiles, progress=progress)
     found = build_fingerprint(read_build_info(path))
     if fingerprint is not None and found != fingerprint:
         warnings.warn(
@@ -242,17 +247,20 @@ def resolve_backbone_reference(reference: str, fingerprint: str | None = None, *
 
 
 def build_fingerprint(info: dict) -> str:
-    """What identifies a default backbone build: its format, input size, source files and projector seed."""
+    """What identifies a default backbone build: its format, input size (and tiles), source files and projector
+    seed."""
     identity = {
         "format": info["format"],
         "image_size": info["image_size"],
         "sources": {name: source["sha256"] for name, source in sorted(info["sources"].items())},
         "projector_seed": info["projector_seed"],
     }
+    if info.get("tiles", 1) > 1:  # only then: untiled backbones keep the fingerprints their models recorded
+        identity["tiles"] = info["tiles"]
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def default_backbone_dir(image_size: int = DEFAULT_IMAGE_SIZE) -> pathlib.Path:
+def default_backbone_dir(image_size: int = DEFAULT_IMAGE_SIZE, tiles: int = 1) -> pathlib.Path:
     """Where `build_default_backbone` saves (and looks for) the default backbone: ``<home>/backbones/<name>``.
 
     Example:
@@ -262,7 +270,7 @@ def default_backbone_dir(image_size: int = DEFAULT_IMAGE_SIZE) -> pathlib.Path:
         >>> default_backbone_dir().relative_to("/tmp/llava-reward-home").as_posix()
         'backbones/llava-smollm2-135m-dinov2-vits14-224px'
     """
-    return llava_reward_home() / "backbones" / backbone_name(image_size)
+    return llava_reward_home() / "backbones" / backbone_name(image_size, tiles)
 
 
 # --- Sources -------------------------------------------------------------------------------------------------------
@@ -460,21 +468,45 @@ def convert_vision_encoder(onnx_model):
     return encoder.eval()
 
 
-def make_image_processor(image_size: int = DEFAULT_IMAGE_SIZE):
+def with_position_grid(encoder, image_size: int):
+    """A copy of the DINOv2 `encoder` whose position grid is stored resized to `image_size` px inputs.
+
+    LLaVA-NeXT reads its tile size from ``vision_config.image_size``, so a tiled backbone's encoder must be built for
+    the tile size, not DINOv2's 518 px. The grid is resized by `Dinov2Embeddings.interpolate_pos_encoding` itself,
+    the computation every forward pass at `image_size` px would otherwise repeat: the outputs are the same.
+    """
+    from transformers import Dinov2Model
+
+    resized = Dinov2Model(encoder.config.__class__(**{**encoder.config.to_dict(), "image_size": image_size}))
+    state = encoder.state_dict()
+    patches = torch.zeros(1, 1 + (image_size // PATCH_SIZE) ** 2, encoder.config.hidden_size)
+    state["embeddings.position_embeddings"] = encoder.embeddings.interpolate_pos_encoding(patches, image_size, image_size)
+    resized.load_state_dict(state, strict=True)
+    return resized.eval()
+
+
+def make_image_processor(image_size: int = DEFAULT_IMAGE_SIZE, tiles: int = 1):
     """DINOv2's image processor (BiT's, PIL backend: no torchvision) for square `image_size` inputs.
 
     Bicubic resize of the shortest edge to `image_size`, centre crop to `image_size` square, ImageNet mean/std.
     DINOv2's own evaluation resizes to 256/224 of the crop before cropping; resizing to the crop size instead keeps
     the whole of a square generated image, whose borders a reward model must also judge.
+
+    With `tiles` > 1, LLaVA-NeXT's (`LlavaNextImageProcessorPil`): that whole image, then the image fitted into
+    `tiles` x `image_size` px square (aspect kept, padded) and cut into `tiles` x `tiles` tiles of `image_size` px.
     """
     from transformers import BitImageProcessorPil
+    from transformers import LlavaNextImageProcessorPil
 
-    return BitImageProcessorPil(
+    settings = dict(
         size={"shortest_edge": image_size},
         crop_size={"height": image_size, "width": image_size},
         image_mean=IMAGENET_MEAN,
         image_std=IMAGENET_STD,
     )
+    if tiles == 1:
+        return BitImageProcessorPil(**settings)
+    return LlavaNextImageProcessorPil(**settings, image_grid_pinpoints=[[tiles * image_size] * 2])
 
 
 def relative_difference(actual: np.ndarray, reference: np.ndarray) -> float:
@@ -537,42 +569,61 @@ def vision_parity(encoder, onnx_model, image_processor, photos: list[pathlib.Pat
 # --- LLaVA assembly ------------------------------------------------------------------------------------------------
 
 
-def llava_config(vision_config, text_config, image_token_id: int, image_size: int):
-    """The `LlavaConfig` joining DINOv2 and SmolLM2.
+def square_image_tokens(image_size: int, tiles: int = 1) -> int:
+    """How many tokens a square image becomes: (S / 14)^2 patches, and with tiles those of the tiles too plus one
+    row separator per row of the tiles' grid.
+
+    Example:
+        >>> from llava_reward.default_backbone import square_image_tokens
+        >>> square_image_tokens(112), square_image_tokens(112, tiles=2)
+        (64, 336)
+    """
+    side = image_size // PATCH_SIZE
+    return side**2 if tiles == 1 else (1 + tiles**2) * side**2 + tiles * side
+
+
+def llava_config(vision_config, text_config, image_token_id: int, image_size: int, tiles: int = 1):
+    """The `LlavaConfig` (`LlavaNextConfig` with `tiles` > 1) joining DINOv2 and SmolLM2.
 
     LLaVA reads the vision tower's ``hidden_states[-1]``: DINOv2's last layer before its final LayerNorm (LLaVA-1.5
     also reads CLIP features before the post-LayerNorm). The "default" strategy drops the first token: DINOv2 ViT-S/14
     has no register tokens, so that is exactly the CLS token, and the language model sees the (S / 14)^2 patch tokens
-    in raster order, the LLaVA layout (256 tokens at 224 px, 64 at 112 px).
+    in raster order, the LLaVA layout (256 tokens at 224 px, 64 at 112 px). LLaVA-NeXT puts the whole image's tokens
+    first, then the tiles' as one grid, each of its rows ended by the learned `image_newline` (2x2 tiles of 112 px:
+    64 + 4 x 64 + 16 = 336 tokens for a square image).
     """
     from transformers import LlavaConfig
+    from transformers import LlavaNextConfig
 
-    return LlavaConfig(
+    shared = dict(
         vision_config=vision_config,
         text_config=text_config,
-        image_token_id=image_token_id,
-        image_seq_length=(image_size // PATCH_SIZE) ** 2,
         vision_feature_layer=-1,
         vision_feature_select_strategy="default",
         projector_hidden_act="gelu",
         multimodal_projector_bias=True,
         tie_word_embeddings=True,
     )
+    if tiles == 1:
+        return LlavaConfig(**shared, image_token_id=image_token_id, image_seq_length=(image_size // PATCH_SIZE) ** 2)
+    return LlavaNextConfig(**shared, image_token_index=image_token_id, image_grid_pinpoints=[[tiles * image_size] * 2])
 
 
-def assemble_llava(encoder, causal_lm, tokenizer, image_size: int):
-    """A `LlavaForConditionalGeneration` with `encoder` as vision tower, `causal_lm` as language model (vocabulary
-    grown by the image token, which is added to `tokenizer`) and a fresh projector seeded with `PROJECTOR_SEED`.
+def assemble_llava(encoder, causal_lm, tokenizer, image_size: int, tiles: int = 1):
+    """A `LlavaForConditionalGeneration` (`LlavaNextForConditionalGeneration` with `tiles` > 1) with `encoder` as
+    vision tower, `causal_lm` as language model (vocabulary grown by the image token, which is added to `tokenizer`)
+    and a fresh projector (and LLaVA-NeXT row separator) seeded with `PROJECTOR_SEED`.
     """
     from transformers import LlavaForConditionalGeneration
+    from transformers import LlavaNextForConditionalGeneration
 
     image_token_id = add_image_token(tokenizer)
-    config = llava_config(encoder.config, language_config(causal_lm, len(tokenizer)), image_token_id, image_size)
+    config = llava_config(encoder.config, language_config(causal_lm, len(tokenizer)), image_token_id, image_size, tiles)
     # The projector keeps its initialisation (normal(0, 0.02) weights, zero biases): seed it, without touching the
     # caller's random state, so that the same sources always give the same checkpoint.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(PROJECTOR_SEED)
-        model = LlavaForConditionalGeneration(config)
+        model = (LlavaForConditionalGeneration if tiles == 1 else LlavaNextForConditionalGeneration)(config)
     model.model.vision_tower.load_state_dict(encoder.state_dict(), strict=True)
     language_state = causal_lm.model.state_dict()
     language_state["embed_tokens.weight"] = embeddings_with_image_row(language_state["embed_tokens.weight"])
@@ -583,19 +634,21 @@ def assemble_llava(encoder, causal_lm, tokenizer, image_size: int):
     return model.eval()
 
 
-def make_processor(tokenizer, image_size: int):
-    """The `LlavaProcessor`: DINOv2 image processing at `image_size`, the SmolLM2 tokenizer, the multimodal template
-    (which also becomes the tokenizer's).
+def make_processor(tokenizer, image_size: int, tiles: int = 1):
+    """The `LlavaProcessor` (`LlavaNextProcessor` with `tiles` > 1): DINOv2 image processing at `image_size`, the
+    SmolLM2 tokenizer, the multimodal template (which also becomes the tokenizer's).
 
     ``num_additional_image_tokens=1`` counts DINOv2's CLS token, which the "default" strategy then drops, so each
     image expands to (image_size / 14)^2 image tokens, the number of features the model produces.
     """
+    from transformers import LlavaNextProcessor
     from transformers import LlavaProcessor
 
     # Tokenizer and processor both save their template as the folder's chat_template.jinja: they must be the same.
     tokenizer.chat_template = CHAT_TEMPLATE
-    return LlavaProcessor(
-        image_processor=make_image_processor(image_size),
+    processor_class = LlavaProcessor if tiles == 1 else LlavaNextProcessor
+    return processor_class(
+        image_processor=make_image_processor(image_size, tiles),
         tokenizer=tokenizer,
         patch_size=PATCH_SIZE,
         vision_feature_select_strategy="default",
@@ -606,7 +659,8 @@ def make_processor(tokenizer, image_size: int):
 
 
 def parameter_counts(model) -> dict[str, int]:
-    """Parameters of each part of a `LlavaForConditionalGeneration` (the tied LM head is counted once)."""
+    """Parameters of each part of a `LlavaForConditionalGeneration` (or LLaVA-NeXT's: its `image_newline` is in the
+    total; the tied LM head is counted once)."""
     parts = {
         "vision_tower": model.model.vision_tower,
         "multi_modal_projector": model.model.multi_modal_projector,
@@ -622,20 +676,22 @@ def parameter_counts(model) -> dict[str, int]:
 def verify_backbone(path: pathlib.Path, photo: pathlib.Path) -> dict:
     """Reload a saved backbone the way users will and check that it works; return what was observed.
 
-    - ``AutoModel.from_pretrained`` gives a `LlavaModel` with no missing, unexpected or mismatched weights;
+    - ``AutoModel.from_pretrained`` gives a `LlavaModel` (`LlavaNextModel`) with no missing, unexpected or
+      mismatched weights;
     - ``AutoProcessor.from_pretrained`` expands ``<image>`` to as many tokens as the model makes features, and a
       forward pass on a real photo gives finite hidden states;
     - the language model answers a text-only chat question sensibly (greedy "What is the capital of France?"
       mentions Paris): a check of the GGUF dequantisation that logits shapes alone would not catch.
     """
     from transformers import AutoModel
+    from transformers import AutoModelForImageTextToText
     from transformers import AutoProcessor
-    from transformers import LlavaForConditionalGeneration
     from transformers import LlavaModel
+    from transformers import LlavaNextModel
 
     model, loading_info = AutoModel.from_pretrained(path, output_loading_info=True)
     problems = {kind: keys for kind, keys in loading_info.items() if keys}
-    if not isinstance(model, LlavaModel) or problems:
+    if not isinstance(model, (LlavaModel, LlavaNextModel)) or problems:
         raise BackboneVerificationError(f"{path}: AutoModel gave {type(model).__name__}, loading problems {problems}")
     processor = AutoProcessor.from_pretrained(path)
     batch = processor(
@@ -650,7 +706,7 @@ def verify_backbone(path: pathlib.Path, photo: pathlib.Path) -> dict:
     if not torch.isfinite(outputs.last_hidden_state).all():
         raise BackboneVerificationError(f"{path}: the forward pass gave non-finite hidden states")
     del model
-    answer = chat_answer(LlavaForConditionalGeneration.from_pretrained(path).eval(), processor.tokenizer)
+    answer = chat_answer(AutoModelForImageTextToText.from_pretrained(path).eval(), processor.tokenizer)
     if "Paris" not in answer:
         raise BackboneVerificationError(f"{path}: the language model answered {answer!r} to the capital of France")
     return {
@@ -681,13 +737,15 @@ def read_build_info(path: pathlib.Path) -> dict | None:
         return None
 
 
-def is_default_backbone(path: pathlib.Path, image_size: int = DEFAULT_IMAGE_SIZE) -> bool:
-    """Whether `path` holds a complete default backbone of the current `BUILD_FORMAT` built for `image_size` px."""
+def is_default_backbone(path: pathlib.Path, image_size: int = DEFAULT_IMAGE_SIZE, tiles: int = 1) -> bool:
+    """Whether `path` holds a complete default backbone of the current `BUILD_FORMAT` built for `image_size` px (and
+    `tiles`)."""
     info = read_build_info(path)
     return (
         info is not None
         and info.get("format") == BUILD_FORMAT
         and info.get("image_size") == image_size
+        and info.get("tiles", 1) == tiles
         and all((path / name).is_file() for name in REQUIRED_FILES)
     )
 
@@ -697,6 +755,7 @@ def build_default_backbone(
     output_dir: str | os.PathLike | None = None,
     *,
     image_size: int = DEFAULT_IMAGE_SIZE,
+    tiles: int = 1,
     force: bool = False,
     progress: bool = True,
 ) -> pathlib.Path:
@@ -713,6 +772,9 @@ def build_default_backbone(
         output_dir: where to save the backbone.
         image_size: side of the square model input in pixels, a multiple of 14 (224: 256 image tokens; 112: 64
             tokens, about 4x faster).
+        tiles: with more than 1, a LLaVA-NeXT checkpoint (`LlavaNextForConditionalGeneration`,
+            `LlavaNextProcessor`) that also reads the image as `tiles` x `tiles` tiles of `image_size` px ("anyres"):
+            2 at 112 px gives 336 image tokens (the whole image, 4 tiles, 16 row separators), details at 224 px.
         force: rebuild even if a valid backbone is there.
         progress: report the steps on stderr (and show transformers' progress bars).
 
@@ -732,9 +794,13 @@ def build_default_backbone(
     """
     if image_size < PATCH_SIZE or image_size % PATCH_SIZE:
         raise ValueError(f"image_size must be a positive multiple of {PATCH_SIZE}, got {image_size}")
-    output_dir = pathlib.Path(output_dir).expanduser() if output_dir is not None else default_backbone_dir(image_size)
+    if tiles < 1:
+        raise ValueError(f"tiles must be a positive number of tiles per side, got {tiles}")
+    if output_dir is None:
+        output_dir = default_backbone_dir(image_size, tiles)
+    output_dir = pathlib.Path(output_dir).expanduser()
     say = reporter("default backbone", progress)
-    if not force and is_default_backbone(output_dir, image_size):
+    if not force and is_default_backbone(output_dir, image_size, tiles):
         say(f"reusing the default backbone in {output_dir}")
         return output_dir
     if output_dir.exists() and not force and read_build_info(output_dir) is None:
@@ -744,7 +810,7 @@ def build_default_backbone(
     sources = check_dependencies()
     staging = staging_dir(output_dir)
     try:
-        _build_into(staging, sources, image_size, progress, say)
+        _build_into(staging, sources, image_size, tiles, progress, say)
         publish(staging, output_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -752,12 +818,14 @@ def build_default_backbone(
     return output_dir
 
 
-def _build_into(staging: pathlib.Path, sources: dict, image_size: int, progress: bool, say) -> None:
+def _build_into(staging: pathlib.Path, sources: dict, image_size: int, tiles: int, progress: bool, say) -> None:
     start = time.perf_counter()
     # The vision side first: it is the cheaper half and the one that can fail its parity check.
     say(f"converting DINOv2 ViT-S/14 from {sources['onnx'].name}")
     onnx_model = load_onnx_graph(sources["onnx"])
     encoder = convert_vision_encoder(onnx_model)
+    if tiles > 1:
+        encoder = with_position_grid(encoder, image_size)  # checked against the ONNX graph's own resizing below
     say(f"comparing it with onnxruntime on {len(sources['photos'])} real photos at {image_size} px")
     parity = vision_parity(encoder, onnx_model, make_image_processor(image_size), sources["photos"])
     del onnx_model
@@ -770,11 +838,12 @@ def _build_into(staging: pathlib.Path, sources: dict, image_size: int, progress:
     say(f"loading SmolLM2-135M-Instruct from {sources['gguf'].name} (dequantising Q4_1 to float32)")
     with _progress_bars(progress):
         causal_lm, tokenizer = load_language_model(sources["gguf"])
-    say("assembling the LLaVA model (fresh 2-layer projector, <image> token added) and saving it")
-    model = assemble_llava(encoder, causal_lm, tokenizer, image_size)
+    kind = "LLaVA model" if tiles == 1 else f"LLaVA-NeXT model ({tiles}x{tiles} tiles of {image_size} px)"
+    say(f"assembling the {kind} (fresh 2-layer projector, <image> token added) and saving it")
+    model = assemble_llava(encoder, causal_lm, tokenizer, image_size, tiles)
     with _progress_bars(progress):
         model.save_pretrained(staging)
-    make_processor(tokenizer, image_size).save_pretrained(staging)
+    make_processor(tokenizer, image_size, tiles).save_pretrained(staging)
     counts = parameter_counts(model)
     del model, causal_lm, encoder
     say("verifying the saved checkpoint (AutoModel/AutoProcessor reload, forward pass, text generation)")
@@ -782,11 +851,12 @@ def _build_into(staging: pathlib.Path, sources: dict, image_size: int, progress:
         verification = verify_backbone(staging, sources["photos"][PARITY_PHOTOS.index("chelsea.png")])
     info = {
         "format": BUILD_FORMAT,
-        "name": backbone_name(image_size),
+        "name": backbone_name(image_size, tiles),
         "built_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "image_size": image_size,
+        "tiles": tiles,
         "patch_size": PATCH_SIZE,
-        "image_tokens": (image_size // PATCH_SIZE) ** 2,
+        "image_tokens": square_image_tokens(image_size, tiles),
         "sources": {
             "language_model": _source_info(LANGUAGE_SOURCE, sources["gguf"]),
             "vision_encoder": _source_info(VISION_SOURCE, sources["onnx"]),

@@ -122,6 +122,28 @@ def test_only_a_complete_build_of_the_current_format_and_size_counts_as_valid(tm
     assert not db.is_default_backbone(tmp_path, 224)
 
 
+def test_tiled_backbones_have_their_own_name_reference_and_fingerprint(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLAVA_REWARD_HOME", str(tmp_path))
+    with pytest.raises(ValueError, match="tiles must be a positive number"):
+        db.build_default_backbone(tmp_path / "b", image_size=112, tiles=0)
+    reference = db.backbone_reference(112, tiles=2)
+    assert reference == "llava-reward:backbones/llava-smollm2-135m-dinov2-vits14-112px-2x2tiles"
+    folder = db.default_backbone_dir(112, tiles=2)
+    folder.mkdir(parents=True)
+    for name in db.REQUIRED_FILES:
+        (folder / name).write_text("")
+    info = {"format": db.BUILD_FORMAT, "image_size": 112, "tiles": 2, "projector_seed": 0,
+            "sources": {"vision_encoder": {"sha256": "a"}, "language_model": {"sha256": "b"}}}
+    (folder / "build_info.json").write_text(json.dumps(info))
+    assert db.is_default_backbone(folder, 112, tiles=2) and not db.is_default_backbone(folder, 112)
+    monkeypatch.setattr(db, "build_default_backbone", lambda *args, **kwargs: pytest.fail("rebuilt a valid backbone"))
+    assert db.resolve_backbone_reference(reference) == folder
+    # Untiled builds keep the fingerprint they had before tiles existed (saved models recorded it); tiles change it.
+    untiled = {key: value for key, value in info.items() if key != "tiles"}
+    assert db.build_fingerprint({**untiled, "tiles": 1}) == db.build_fingerprint(untiled)
+    assert db.build_fingerprint(info) != db.build_fingerprint(untiled)
+
+
 # --- Sources: GGUF language model, ONNX vision encoder ---------------------------------------------------------
 
 
@@ -174,6 +196,38 @@ def test_converted_encoder_matches_onnxruntime_on_real_photos(sources, onnx_mode
     print(f"\n{image_size} px, {len(photos)} photos: {report}")
     assert report["image_size"] == image_size
     assert report["hidden_states[-1]"] <= db.PARITY_TOLERANCE and report["last_hidden_state"] <= db.PARITY_TOLERANCE
+
+
+def test_an_encoder_built_for_the_tile_size_gives_the_same_features(sources, onnx_model, encoder):
+    resized = db.with_position_grid(encoder, 112)
+    assert resized.config.image_size == 112
+    assert resized.embeddings.position_embeddings.shape == (1, 1 + 8 * 8, 384)
+    pixels = torch.randn(2, 3, 112, 112, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(resized(pixels).last_hidden_state, encoder(pixels).last_hidden_state)
+    report = db.vision_parity(resized, onnx_model, db.make_image_processor(112), sources["photos"])
+    assert report["max"] <= db.PARITY_TOLERANCE
+
+
+def test_a_tiled_backbone_reads_the_whole_image_and_its_tiles(sources, encoder, language):
+    """`tiles=2` assembles a LLaVA-NeXT model and processor: a square photo becomes the whole image + 2x2 tiles of
+    112 px, 336 image tokens (row separators included), all of them given features by the model."""
+    from transformers import LlavaNextForConditionalGeneration
+
+    causal_lm, tokenizer = language
+    tokenizer = copy.deepcopy(tokenizer)  # the fixture's tokenizer stays without the image token
+    model = db.assemble_llava(db.with_position_grid(encoder, 112), causal_lm, tokenizer, 112, tiles=2)
+    processor = db.make_processor(tokenizer, 112, tiles=2)
+    assert isinstance(model, LlavaNextForConditionalGeneration)
+    assert model.config.image_grid_pinpoints == [[224, 224]]
+    square = Image.open(sources["photos"][db.PARITY_PHOTOS.index("astronaut.png")]).convert("RGB")
+    batch = processor(text=f"{db.IMAGE_TOKEN}\nA photo.", images=square, return_tensors="pt")
+    assert batch["pixel_values"].shape == (1, 5, 3, 112, 112)  # the whole image, then the 4 tiles
+    image_tokens = int((batch["input_ids"] == model.config.image_token_id).sum())
+    assert image_tokens == db.square_image_tokens(112, tiles=2) == 336
+    with torch.no_grad():
+        outputs = model.model(**batch)
+    assert outputs.image_hidden_states.shape == (336, 576) and torch.isfinite(outputs.last_hidden_state).all()
 
 
 def test_parity_check_catches_a_wrong_mapping(sources, onnx_model, encoder):

@@ -135,6 +135,26 @@ def test_stored_images_are_what_the_processor_makes_of_the_originals(in_home):
     np.testing.assert_array_equal(*pixels)
 
 
+@needs_data
+def test_with_tiles_the_stored_images_give_the_same_tiles(tmp_path, monkeypatch):
+    """A LLaVA-NeXT backbone's images are stored at the side its tiles are cut from (224 px for 2x2 tiles of 112):
+    the tiles equal those of the original; the whole-image view is resampled from the stored image, nearly equal."""
+    from llava_reward.default_backbone import make_image_processor
+
+    monkeypatch.setenv("LLAVA_REWARD_HOME", str(tmp_path / "home"))
+    processor = make_image_processor(112, tiles=2)
+    processor.save_pretrained(tmp_path / "backbone")
+    prepared = default_model.prepare_data(DATA, tmp_path / "backbone", limit=1, progress=False)
+    assert prepared.root.name.startswith("mjbench_quality-224x224-")
+    row = json.loads(next(prepared.subsets["human"].glob("captions_*.json")).read_text())[0]
+    stored = next(prepared.subsets["human"].glob("examples_*")) / row["image_1"]
+    original = DATA / "human" / "examples_human" / "human_0_edited_face.jpg"
+    pixels = [processor(images=[str(path)], return_tensors="np")["pixel_values"][0] for path in (original, stored)]
+    assert pixels[0].shape == (5, 3, 112, 112)
+    np.testing.assert_array_equal(pixels[0][1:], pixels[1][1:])
+    assert np.abs(pixels[0][0] - pixels[1][0]).mean() < 0.05  # normalised units: under 1/80 of the range
+
+
 def test_second_run_reuses_the_cached_model(in_home, capsys):
     before = (in_home / "models" / MODEL_NAME / "reward_head.safetensors").stat().st_mtime_ns
     assert main(["demo", "--data", str(DATA), *QUICK]) == 0
