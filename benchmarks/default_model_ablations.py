@@ -84,6 +84,13 @@ VARIANTS = {
     "tiles_3x3": Variant(
         "LLaVA-NeXT backbone: the whole image at 112 px + 3x3 tiles of 112 px of it at 336 px, 664 visual tokens "
         "(layer 5, 78 steps)", {}, tiles=3),
+    # The probe averages the tiles' features; the closest the reward model comes to that is mean pooling.
+    "tiles_3x3_mean_pooling": Variant(
+        "tiles_3x3 with the reward read from the mean over all tokens instead of the last token (layer 5, 78 steps)",
+        {"model.pooling": "mean"}, tiles=3),
+    "tiles_3x3_mean_pooling_layer_2": Variant(
+        "tiles_3x3_mean_pooling reading layer 2 of 30 (less for 100 pairs of one defect type to fit, 78 steps)",
+        {"model.pooling": "mean", "model.hidden_layer": 2}, tiles=3),
 }
 
 

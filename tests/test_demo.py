@@ -135,6 +135,26 @@ def test_stored_images_are_what_the_processor_makes_of_the_originals(in_home):
     np.testing.assert_array_equal(*pixels)
 
 
+@pytest.mark.slow
+@needs_data
+@needs_backbone_extra
+def test_demo_with_tiles_trains_on_the_tiled_backbone(tmp_path, monkeypatch, capsys):
+    """`llava-reward demo --tiles 2`: the LLaVA-NeXT backbone is built, the model trained on it records it, its card
+    says so, and the saved model loads and scores from its recorded reference."""
+    monkeypatch.setenv("LLAVA_REWARD_HOME", str(tmp_path))
+    assert main(["demo", "--data", str(DATA), "--tiles", "2", "--max-steps", "1", "--limit", "2", "--quiet"]) == 0
+    model_dir = tmp_path / "models" / MODEL_NAME
+    assert json.loads((model_dir / "demo.json").read_text())["settings"]["tiles"] == 2
+    assert json.loads((model_dir / "config.json").read_text())["base_model"] == (
+        "llava-reward:backbones/llava-smollm2-135m-dinov2-vits14-112px-2x2tiles"
+    )
+    assert "dinov2-vits14-112px-2x2tiles" in (model_dir / "README.md").read_text()
+    scorer = llava_reward.load(str(model_dir))
+    assert type(scorer.model.vlm).__name__ == "LlavaNextModel"
+    rewards = scorer.score(["a person"], [str(DATA / "human" / "examples_human" / "human_0.jpg")])
+    assert rewards.shape == (1,) and torch.isfinite(rewards).all()
+
+
 @needs_data
 def test_with_tiles_the_stored_images_give_the_same_tiles(tmp_path, monkeypatch):
     """A LLaVA-NeXT backbone's images are stored at the side its tiles are cut from (224 px for 2x2 tiles of 112):
