@@ -403,7 +403,7 @@ def run_demo(
         data: the folder of MJ-Bench subset folders (default: `find_data()`).
         image_size: input side of the backbone in pixels (a multiple of 14).
         tiles: with more than 1, the tiled (LLaVA-NeXT) backbone, which also reads `tiles` x `tiles` tiles of
-            `image_size` px: the better, slower recipe of docs/default-model.md.
+            `image_size` px (slower; its measurements are in docs/default-model.md).
         max_steps: train for this many steps instead of the recipe's epochs (a quick check).
         limit: only the first `limit` pairs of each subset (a quick check).
         force: train again even if a default model made from the same inputs is cached.
