@@ -41,8 +41,9 @@ def register(subparsers) -> None:
         type=positive_int,
         default=1,
         metavar="N",
-        help="train on the tiled backbone, which also reads N x N tiles of --image-size px (about 10x slower at N=3; "
-        "measured in docs/default-model.md, not better in both directions yet; default 1)",
+        help="train on the tiled backbone, which also reads N x N tiles of --image-size px, reading the reward from "
+        "the mean over all tokens at layer 2 (N=3: held out 0.84 / 0.89 against 0.68 / 0.64, about 5x slower; "
+        "docs/default-model.md; default 1)",
     )
     parser.add_argument("--max-steps", type=positive_int, metavar="N", help="a quick check: N training steps per model")
     parser.add_argument("--limit", type=positive_int, metavar="N", help="a quick check: the first N pairs per subset")

@@ -144,8 +144,11 @@ def test_demo_with_tiles_trains_on_the_tiled_backbone(tmp_path, monkeypatch, cap
     monkeypatch.setenv("LLAVA_REWARD_HOME", str(tmp_path))
     assert main(["demo", "--data", str(DATA), "--tiles", "2", "--max-steps", "1", "--limit", "2", "--quiet"]) == 0
     model_dir = tmp_path / "models" / MODEL_NAME
-    assert json.loads((model_dir / "demo.json").read_text())["settings"]["tiles"] == 2
-    assert json.loads((model_dir / "config.json").read_text())["base_model"] == (
+    settings = json.loads((model_dir / "demo.json").read_text())["settings"]
+    assert settings["tiles"] == 2 and settings["overrides"] == {**default_model.TILED_RECIPE, "training.max_steps": 1}
+    config = json.loads((model_dir / "config.json").read_text())
+    assert (config["pooling"], config["hidden_layer"]) == ("mean", 2)
+    assert config["base_model"] == (
         "llava-reward:backbones/llava-smollm2-135m-dinov2-vits14-112px-2x2tiles"
     )
     assert "dinov2-vits14-112px-2x2tiles" in (model_dir / "README.md").read_text()
