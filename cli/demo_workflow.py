@@ -635,10 +635,10 @@ def _recipe_settings(overrides: dict | None = None) -> dict:
     """The recipe's sections, with the demo's dotted `overrides` ("model.hidden_layer") applied."""
     import yaml
 
+    from llava_reward.trainers.train import apply_overrides
+
     recipe = yaml.safe_load(RECIPE.read_text())
-    for key, value in (overrides or {}).items():
-        section, field = key.split(".", 1)
-        recipe[section][field] = value
+    apply_overrides(recipe, overrides)
     return recipe
 
 

@@ -605,7 +605,7 @@ def llava_config(vision_config, text_config, image_token_id: int, image_size: in
         tie_word_embeddings=True,
     )
     if tiles == 1:
-        return LlavaConfig(**shared, image_token_id=image_token_id, image_seq_length=(image_size // PATCH_SIZE) ** 2)
+        return LlavaConfig(**shared, image_token_id=image_token_id, image_seq_length=square_image_tokens(image_size))
     return LlavaNextConfig(**shared, image_token_index=image_token_id, image_grid_pinpoints=[[tiles * image_size] * 2])
 
 
@@ -639,7 +639,7 @@ def make_processor(tokenizer, image_size: int, tiles: int = 1):
     SmolLM2 tokenizer, the multimodal template (which also becomes the tokenizer's).
 
     ``num_additional_image_tokens=1`` counts DINOv2's CLS token, which the "default" strategy then drops, so each
-    image expands to (image_size / 14)^2 image tokens, the number of features the model produces.
+    image (and each tile) expands to (image_size / 14)^2 image tokens, the number of features the model produces.
     """
     from transformers import LlavaNextProcessor
     from transformers import LlavaProcessor

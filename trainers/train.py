@@ -113,11 +113,7 @@ def load_recipe(path, overrides: dict | None = None) -> Recipe:
     if not isinstance(raw, dict) or set(raw) - set(SECTIONS):
         raise RecipeError(f"{path}: the top level must be a mapping with sections {list(SECTIONS)}, got {list(raw)}.")
     sections = {name: dict(raw.get(name) or {}) for name in SECTIONS}
-    for key, value in (overrides or {}).items():
-        section, _, field = key.rpartition(".")
-        if (section or "training") not in SECTIONS:
-            raise RecipeError(f"Override --{key}: unknown section {section!r}; use {', '.join(SECTIONS)}.")
-        sections[section or "training"][field] = value
+    apply_overrides(sections, overrides)
     classes = {"model": ModelArguments, "data": DataArguments, "training": LlavaRewardTrainingConfig}
     built = {name: _build(classes[name], values, f"{path} [{name}]") for name, values in sections.items()}
     for section, field in (("model", "base_model"), ("data", "train"), ("training", "output_dir")):
@@ -139,6 +135,15 @@ def _build(cls, values: dict, where: str):
         return cls(**values)
     except (TypeError, ValueError) as error:
         raise RecipeError(f"{where}: {error}") from None
+
+
+def apply_overrides(sections: dict[str, dict], overrides: dict | None) -> None:
+    """Set `{"section.key": value}` overrides (a bare key is a training one) in a recipe's `sections`, in place."""
+    for key, value in (overrides or {}).items():
+        section, _, field = key.rpartition(".")
+        if (section or "training") not in SECTIONS:
+            raise RecipeError(f"Override --{key}: unknown section {section!r}; use {', '.join(SECTIONS)}.")
+        sections[section or "training"][field] = value
 
 
 def parse_overrides(tokens: list[str]) -> dict:
