@@ -80,8 +80,10 @@ def test_evaluate_knows_when_the_benchmark_is_the_training_data(tiny_trained, tm
     assert metrics["held_out"] is True and metrics["training_overlap"]["rows"] == 0
 
 
-def test_score_and_evaluate_read_every_format_train_reads(tiny_trained, tmp_path):
-    work, model = tiny_trained["work"], tiny_trained["lora"]
+def test_score_and_evaluate_read_every_format_train_reads(tiny_trained, tmp_path, monkeypatch, capsys):
+    # In process (`main`): the console script's subprocess route is tested above and below.
+    monkeypatch.chdir(tmp_path)
+    work, model = tiny_trained["work"], str(tiny_trained["lora"])
     rows = json.loads((work / "tiny-task" / "eval_pairs.json").read_text())
     pairs = [{"prompt": row["prompt"], "chosen": str(work / "tiny-task" / row["chosen_path"]),
               "rejected": str(work / "tiny-task" / row["reject_path"])} for row in rows]
@@ -91,12 +93,12 @@ def test_score_and_evaluate_read_every_format_train_reads(tiny_trained, tmp_path
     (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(pair) + "\n" for pair in pairs))
     results = {}
     for source in ("pairs.parquet", "saved", "pairs.jsonl"):
-        done = cli("score", "--model", model, "--input", tmp_path / source, "--progress", "none", cwd=tmp_path)
-        assert done.returncode == 0, done.stderr
-        results[source] = [line["p_chosen"] for line in map(json.loads, done.stdout.splitlines())]
-        evaluated = cli("evaluate", "--model", model, "--benchmark", "pairwise", "--data", tmp_path / source,
-                        "--output", tmp_path / f"eval-{source}", "--bootstrap", "0", cwd=tmp_path)
-        assert evaluated.returncode == 0, evaluated.stderr
+        assert main(["score", "--model", model, "--input", source, "--progress", "none"]) == 0
+        results[source] = [line["p_chosen"] for line in map(json.loads, capsys.readouterr().out.splitlines())]
+        assert main(["evaluate", "--model", model, "--benchmark", "pairwise", "--data", source, "--output",
+                     f"eval-{source}", "--bootstrap", "0"]) == 0
+        evaluated = json.loads((tmp_path / f"eval-{source}" / "metrics.json").read_text())
+        assert evaluated["results"]["overall"]["num_pairs"] == 4
     assert len(results["pairs.parquet"]) == 4
     assert results["pairs.parquet"] == pytest.approx(results["saved"], abs=1e-6)
     assert results["pairs.parquet"] == pytest.approx(results["pairs.jsonl"], abs=1e-6)
