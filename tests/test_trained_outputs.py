@@ -119,16 +119,26 @@ def test_the_command_line_says_what_it_loaded_reports_plain_progress_and_refuses
     assert device.stderr.count("\n") == 1
 
 
-def test_recipes_accelerate_configs_and_metrics_by_name(tmp_path):
-    help_text = cli("train", "--help", cwd=tmp_path).stdout
+def test_recipes_accelerate_configs_and_metrics_by_name(tmp_path, monkeypatch, capsys):
+    # In process from a folder outside the checkout; the last call is the console script's, for its exit code.
+    monkeypatch.chdir(tmp_path)
+
+    def printed(*arguments) -> str:
+        assert main(list(arguments)) == 0
+        return capsys.readouterr().out
+
+    with pytest.raises(SystemExit) as help_exit:
+        main(["train", "--help"])
+    help_text = capsys.readouterr().out
+    assert help_exit.value.code == 0
     assert "qwen2_5_vl_alignment" in help_text and "tiny" in help_text and "--data.train" in help_text
-    listed = cli("paths", "recipes", cwd=tmp_path).stdout.split()
+    listed = printed("paths", "recipes").split()
     assert {"tiny", "default_fidelity", "qwen2_5_vl_alignment"} <= set(listed)
-    ddp = Path(cli("paths", "accelerate", "ddp", cwd=tmp_path).stdout.strip())
+    ddp = Path(printed("paths", "accelerate", "ddp").strip())
     assert ddp.is_file() and ddp.name == "ddp.yaml"
     import evaluate
 
-    metric = evaluate.load(cli("paths", "metrics", "pairwise_accuracy", cwd=tmp_path).stdout.strip())
+    metric = evaluate.load(printed("paths", "metrics", "pairwise_accuracy").strip())
     assert metric.compute(chosen_scores=[1.0], rejected_scores=[0.0], num_bootstrap=0)["accuracy_with_ties"] == 1.0
     missing = cli("train", "--config", "no_such_recipe", cwd=tmp_path)
     assert missing.returncode == 1 and "nor the name of a shipped recipe (default_fidelity, " in missing.stderr

@@ -11,6 +11,7 @@ Example:
     ('visual.merger',)
 """
 
+import re
 from dataclasses import dataclass
 
 import torch
@@ -67,6 +68,45 @@ class VlmFamily:
         """PEFT ``target_modules`` regex matching the language model's attention and MLP projections."""
         lm = self.language_model.replace(".", r"\.") + r"\." if self.language_model else ""
         return _LORA_TEMPLATE.format(lm=lm, linears=self.lora_linears)
+
+    def vision_blocks(self, vlm: torch.nn.Module) -> tuple[str, int]:
+        """`(path, used)`: the dotted path (from `vlm`) of the vision encoder's list of transformer blocks, and how
+        many of its first blocks the image features come from (all of them, unless the config's
+        `vision_feature_layer` reads an earlier layer, as LLaVA's -2 does)."""
+        lists = [
+            (f"{path}.{name}" if name else path, module)
+            for path in self.vision_modules
+            for name, module in vlm.get_submodule(path).named_modules()
+            if isinstance(module, torch.nn.ModuleList)
+            and any(isinstance(child, torch.nn.Linear) for child in module.modules())
+        ]
+        if not lists:
+            raise ValueError(
+                f"The {self.name} vision encoder ({', '.join(self.vision_modules)}) has no list of blocks."
+            )
+        path, blocks = max(lists, key=lambda item: len(item[1]))  # the encoder's layers, not a block's sub-lists
+        layer = getattr(vlm.config, "vision_feature_layer", -1)
+        layer = max(layer) if isinstance(layer, (list, tuple)) else layer
+        used = len(blocks) + 1 + layer if layer < 0 else layer  # hidden_states[k]: the output of k blocks
+        return path, used
+
+    def vision_lora_target_modules(self, vlm: torch.nn.Module, num_blocks: int) -> str:
+        """PEFT ``target_modules`` regex matching every linear layer of the last `num_blocks` vision encoder blocks
+        that feed the image features (anchored at the reward model's `vlm`, like `lora_target_modules`)."""
+        path, used = self.vision_blocks(vlm)
+        if not 0 < num_blocks <= used:
+            raise ValueError(
+                f"The {self.name} vision encoder has {used} blocks feeding the image features; cannot adapt the last "
+                f"{num_blocks}."
+            )
+        blocks = vlm.get_submodule(path)
+        indices = range(used - num_blocks, used)
+        linears = sorted(
+            {name for index in indices for name, module in blocks[index].named_modules()
+             if isinstance(module, torch.nn.Linear)}
+        )
+        names = "|".join(re.escape(name) for name in linears)
+        return rf"(.*\.)?vlm\.{re.escape(path)}\.({'|'.join(map(str, indices))})\.({names})"
 
     def projector_parameters(self, vlm: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
         """The projector's parameters, by name relative to `vlm` (paths may name modules or bare parameters)."""
