@@ -73,7 +73,8 @@ TILED_MODEL_NOTE = """
 types (distorted faces, replaced furniture). It reads each image whole and as N x N tiles, and takes the reward from
 the mean over all tokens at an early layer. Its held-out results above are across subsets (trained on one defect
 type, tested on the other) on 100 pairs each, so their 95 % intervals are about +-0.07 wide; on the same pairs
-ImageReward is right on 0.67 / 0.66, PickScore and HPS v2.1 on 0.95-0.99. Two defect types are a narrow base: on
+ImageReward is right on 0.67 / 0.66, PickScore and HPS v2.1 on 0.95-0.99. They are one seed's: from another seed
+the same recipe with 3x3 tiles transfers from faces to furniture at 0.44. Two defect types are a narrow base: on
 geometric warps, smears and tears of photos (artifact pairs it was never trained on) the `--tiles 3` model is near chance.
 Check it on images like yours before optimising a generator against it. The measurements behind its configuration
 are in `docs/default-model.md` of the llava-reward repository.
