@@ -45,6 +45,7 @@ THREE_EPOCHS = {"training.max_steps": 39}
 LAYER_10 = {"model.hidden_layer": 10, **THREE_EPOCHS}  # the first default (recipe before the layer-5 measurements)
 VARIANTS = {
     "default": Variant("the default recipe: layer 5, 78 steps", {}),
+    "default_seed_1": Variant("the default recipe from training seed 1 instead of 0", {"training.seed": 1}),
     "steps_52": Variant("layer 5, 52 steps (4 epochs)", {"training.max_steps": 52}),
     "steps_39": Variant("layer 5, 39 steps (3 epochs)", THREE_EPOCHS),
     "steps_39_lr_1e-3": Variant("layer 5, 39 steps, learning rate 1e-3",
