@@ -21,10 +21,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import RESULTS_DIR  # benchmarks/common.py (it also puts the checkout on sys.path)
+from common import markdown_table
+from common import shown
 
-REPO_DIR = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_DIR))  # run as `python benchmarks/x.py` from a checkout, installed or not
-RESULTS_FILE = REPO_DIR / "benchmarks" / "results" / "default_model_unseen_defects.json"
+
+RESULTS_FILE = RESULTS_DIR / "default_model_unseen_defects.json"
 
 
 def make_pairs(folder: Path, pairs_per_kind: int, size: int, seed: int) -> dict[str, list[dict]]:
@@ -71,13 +73,13 @@ def measure(model: str, by_kind: dict[str, list[dict]]) -> list[dict]:
     return rows
 
 
-def table(rows: list[dict]) -> str:
-    lines = ["| model | defect kind | pairs | accuracy w/ ties [95% CI] | scoring s |", "|---|---|---|---|---|"]
-    for row in rows:
-        low, high = row["accuracy_with_ties_ci"]
-        lines.append(f"| {row['model']} | {row['kind']} | {row['num_pairs']} | "
-                     f"{row['accuracy_with_ties']:.2f} [{low:.2f}, {high:.2f}] | {row['seconds']} |")
-    return "\n".join(lines)
+def with_interval(row: dict) -> str:
+    low, high = row["accuracy_with_ties_ci"]
+    return f"{row['accuracy_with_ties']:.2f} [{low:.2f}, {high:.2f}]"
+
+
+COLUMNS = {**shown(model="model", kind="defect kind", num_pairs="pairs"), "accuracy w/ ties [95% CI]": with_interval,
+           **shown(seconds="scoring s")}
 
 
 def main() -> int:
@@ -96,7 +98,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as folder:
         by_kind = make_pairs(Path(folder), args.pairs_per_kind, args.size, args.seed)
         rows = [row for model in args.models for row in measure(model, by_kind)]
-    printed = table(rows)
+    printed = markdown_table(rows, COLUMNS)
     print(printed)
     settings = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
     args.results.parent.mkdir(parents=True, exist_ok=True)

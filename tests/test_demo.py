@@ -23,6 +23,7 @@ from llava_reward.cli import demo_workflow as default_model
 from llava_reward.cli import main
 from llava_reward.cli.demo_workflow import MODEL_NAME
 from llava_reward.default_backbone import PARITY_TOLERANCE
+from llava_reward.default_backbone import REFERENCE_PREFIX
 from llava_reward.default_backbone import backbone_name
 from llava_reward.default_backbone import check_dependencies
 from llava_reward.loading import default_model_dir
@@ -221,7 +222,7 @@ def test_the_default_model_loads_by_every_route(in_home, tmp_path, monkeypatch):
     assert [result["reward"] for result in results] == pytest.approx(expected.tolist(), abs=1e-5)
     # Without the package (trust_remote_code), the default backbone must be given: it is this package that builds it.
     reference = json.loads((folder / "config.json").read_text())["base_model"]  # built by the first load above
-    backbone = in_home / "backbones" / reference.removeprefix("llava-reward:backbones/")
+    backbone = in_home / "backbones" / reference.removeprefix(REFERENCE_PREFIX)
     assert backbone.is_dir()
     done = subprocess.run(
         [sys.executable, "-c", WITHOUT_THE_PACKAGE, str(folder), str(backbone), PROMPT, *PAIR],
@@ -261,7 +262,8 @@ def test_the_shipped_default_model_is_the_tiled_recipe_and_beats_imagereward_hel
 
     config = json.loads((loading.DEFAULT_MODEL_DIR / "config.json").read_text())
     assert config["base_model"] == backbone_reference(112, tiles=3)
-    assert (config["pooling"], config["hidden_layer"]) == tuple(default_model.TILED_RECIPE.values())
+    recipe = default_model.TILED_RECIPE
+    assert (config["pooling"], config["hidden_layer"]) == (recipe["model.pooling"], recipe["model.hidden_layer"])
     image_reward = {row["subset"]: row["value"] for row in load_references("mjbench")
                     if row["model"] == "ImageReward" and row["metric"] == "accuracy_with_ties"}
     runs = json.loads((loading.DEFAULT_MODEL_DIR / "metrics.json").read_text())
