@@ -14,10 +14,16 @@ fits a Bradley-Terry linear probe on `features(chosen) - features(rejected)` wit
 
 - with `--tiles N`, the features of N x N tiles of the image (the tiled default backbone's LLaVA-NeXT processor: the
   image fitted into N x size px, cut into tiles of size px), averaged over the tiles.
+- with `--model-states`, the same cross-subset probe on what a reward model can read of the frozen backbone (image and
+  MJ-Bench prompt through `LlavaRewardProcessor`): the mean over all tokens after decoder layer 2 (what mean pooling
+  at layer 2 reads), the mean of the image tokens entering layer 0 (the projector output: `pooling: image`,
+  `hidden_layer: 0`) and after layer 2, and the mean of the prompt tokens after layer 2; standardised with the
+  training subset's statistics only.
 
     python benchmarks/default_model_probe.py                    # 112 and 224 px
     python benchmarks/default_model_probe.py --image-sizes 112 --synthetic 300
     python benchmarks/default_model_probe.py --image-sizes 112 --tiles 3
+    python benchmarks/default_model_probe.py --image-sizes 112 --tiles 3 --model-states
 
 Updates `benchmarks/results/default_model_probe.json` (the sizes measured) and prints markdown tables.
 """
@@ -67,6 +73,45 @@ def image_features(backbone: Path, pairs: list) -> "torch.Tensor":
             kinds = torch.stack([hidden[:, 0], hidden[:, 1:].mean(dim=1)], dim=1).unflatten(0, (2, -1))
             features.append(kinds[:, 1:].mean(dim=1) if kinds.shape[1] > 1 else kinds[:, 0])
     return torch.stack(features)
+
+
+MODEL_STATES = ("all tokens, layer 2", "image tokens, layer 0 (projector output)", "image tokens, layer 2",
+                "prompt tokens, layer 2")
+
+
+def model_states(backbone: Path, pairs: list) -> "torch.Tensor":
+    """(pairs, 2, 4, hidden): [chosen, rejected] x MODEL_STATES of the frozen backbone's language model."""
+    import torch
+
+    from llava_reward import LlavaRewardModel
+    from llava_reward import LlavaRewardProcessor
+
+    # Pooling "image" at layer 0 / "mean" at layer 2 read exactly these: one linear-head model per reading.
+    readers = {(pooling, layer): LlavaRewardModel.from_vlm(backbone, head="linear", pooling=pooling,
+                                                           hidden_layer=layer).eval()
+               for pooling, layer in (("mean", 2), ("image", 0), ("image", 2))}
+    processor = LlavaRewardProcessor.from_base(backbone)
+    states = []
+    with torch.inference_mode():
+        for item in pairs:
+            inputs = processor([item.prompts[0]] * 2, item.images)
+            read = {key: model(**inputs).reward_hidden_states for key, model in readers.items()}  # (2, hidden)
+            reader = readers["image", 2]
+            images = reader.family.image_token_mask(inputs["input_ids"], reader.vlm.config.image_token_id)
+            tokens, images = inputs["attention_mask"].sum(-1, keepdim=True), images.sum(-1, keepdim=True)  # (2, 1)
+            prompt = (read["mean", 2] * tokens - read["image", 2] * images) / (tokens - images)  # the other tokens
+            states.append(torch.stack([read["mean", 2], read["image", 0], read["image", 2], prompt], dim=1))
+    return torch.stack(states)
+
+
+def model_states_table(states: dict) -> dict:
+    """`{state: {test subset: accuracy}}`: the probe fitted on one subset's states, tested on the other's."""
+    table = {}
+    for index, name in enumerate(MODEL_STATES):
+        part = slice(index, index + 1)
+        table[name] = {f"test {test}": standardised_accuracy(states[train], states[test], part)
+                       for train, test in (("objects_indoor", "human"), ("human", "objects_indoor"))}
+    return table
 
 
 def fit_probe(chosen, rejected, *, weight_decay: float = 1e-2, steps: int = 500) -> "torch.Tensor":
@@ -180,6 +225,8 @@ def main() -> int:
                         help="also measure transfer from N artifact pairs per photo set (library, each subset)")
     parser.add_argument("--tiles", type=int, default=1, metavar="N",
                         help="read N x N tiles of each image, averaged (the tiled backbone; default 1: the image)")
+    parser.add_argument("--model-states", action="store_true",
+                        help="also probe the frozen reward model's states (pooled after the projector / layer 2)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     args = parser.parse_args()
 
@@ -207,6 +254,9 @@ def main() -> int:
                 features[f"synthetic {name}"] = image_features(backbone, pairs)
             result["synthetic"] = {"pairs_per_photo_set": args.synthetic, "seed": SYNTHETIC_SEED,
                                    "transfer": transfer_table(features)}
+        if args.model_states:
+            result["model_states"] = model_states_table({name: model_states(backbone, pairs)
+                                                         for name, pairs in subsets.items()})
         result["seconds"] = round(time.perf_counter() - started)
         result["cpu_minutes"] = round((time.process_time() - cpu_started) / 60, 1)
         results["image_sizes"][labels[size]] = result
@@ -217,6 +267,9 @@ def main() -> int:
     if args.synthetic:
         print()
         print(transfer_markdown(measured))
+    if args.model_states:
+        print()
+        print(model_states_markdown(measured))
     return 0
 
 
@@ -226,6 +279,15 @@ def markdown(image_sizes: dict) -> str:
     for size, result in image_sizes.items():
         for kind, accuracies in result["probe"].items():
             lines.append(f"| {size} | {kind} | " + " | ".join(f"{value:.2f}" for value in accuracies.values()) + " |")
+    return "\n".join(lines)
+
+
+def model_states_markdown(image_sizes: dict) -> str:
+    lines = ["| image px | frozen reward-model state (mean of) | test human | test objects_indoor |", "|---|---|---|---|"]
+    for size, result in image_sizes.items():
+        for name, accuracies in result["model_states"].items():
+            cells = " | ".join(f"{accuracies[f'test {subset}']:.2f}" for subset in SUBSETS)
+            lines.append(f"| {size} | {name} | {cells} |")
     return "\n".join(lines)
 
 

@@ -304,8 +304,8 @@ def render_perspective_card(
         hidden_layer_description=(
             "final normed hidden state" if config.hidden_layer == -1 else f"hidden state {config.hidden_layer}"
         ),
-        pooling_description="at the last token (the reward token)" if config.pooling == "last" else "mean over tokens",
-        trained_weights=_trained_weights(model_dir, config, lora),
+        pooling_description=_pooling_description(config),
+        trained_weights=_trained_weights(model_dir, config, lora, read_recipe(recipe)),
         training_rows=training_rows(read_recipe(recipe), lora),
         metric_rows=metric_rows(metrics),
         conversion=json.loads(conversion_file.read_text()) if conversion_file.is_file() else None,
@@ -353,18 +353,34 @@ def _describe_base(base_model: str | None) -> str:
     return f"{Path(base_model).name} (a local folder)"
 
 
+def _pooling_description(config: LlavaRewardConfig) -> str:
+    if config.pooling == "last":
+        return "at the last token (the reward token)"
+    if config.pooling == "mean":
+        return "mean over tokens"
+    if config.hidden_layer == 0:
+        return "mean over the image tokens (the projector output: the prompt is not read)"
+    return "mean over the image tokens"
+
+
 def _head_description(config: LlavaRewardConfig) -> str:
+    standardised = (", each feature standardised with the training images' mean and deviation"
+                    if config.standardize_features else "")
     if config.head == "linear":
-        return "linear value head on the hidden state (no SkipCA)"
+        return f"linear value head on the hidden state{standardised} (no SkipCA)"
     source = "the projector output" if config.visual_layer == 0 else f"hidden state {config.visual_layer}"
-    return f"SkipCA over the visual tokens of {source} (single head, residual, RMSNorm), then a linear value head"
+    return (f"SkipCA over the visual tokens of {source} (single head, residual, RMSNorm){standardised}, then a linear "
+            "value head")
 
 
-def _trained_weights(model_dir: Path, config: LlavaRewardConfig, lora: dict | None) -> str:
+def _trained_weights(model_dir: Path, config: LlavaRewardConfig, lora: dict | None, recipe: dict | None) -> str:
     if not is_adapter_bundle(model_dir):
         return "all weights (full fine-tuning, `model.safetensors`)"
-    modules = "vision projector, SkipCA and value head" if config.head == "skipca" else "vision projector and value head"
-    head = f"{modules} (`reward_head.safetensors`)"
+    trains_projector = ((recipe or {}).get("training") or {}).get("train_projector", True)
+    modules = [*(["vision projector"] * trains_projector), *(["SkipCA"] * (config.head == "skipca")), "value head"]
+    listed = modules[0] if len(modules) == 1 else f"{', '.join(modules[:-1])} and {modules[-1]}"
+    fitted = ", with the feature standardiser fitted before training" if config.standardize_features else ""
+    head = f"{listed} (`reward_head.safetensors`{fitted})"
     if lora is None:
         return head
     return f"LoRA adapter on the language model (rank {lora['r']}, alpha {lora['lora_alpha']}), {head}"

@@ -148,8 +148,10 @@ def reward_bundle_state_dict(model, path: str | os.PathLike) -> dict[str, torch.
 
 
 def head_modules(model: LlavaRewardModel) -> list[str]:
-    """The module paths of the head (value head, SkipCA, projector): what PEFT's `modules_to_save` names."""
-    modules = ["value_head"] + (["skip_cross_attention"] if model.skip_cross_attention is not None else [])
+    """The module paths of the head (value head, SkipCA, feature standardiser, projector): what PEFT's
+    `modules_to_save` names."""
+    optional = {"skip_cross_attention": model.skip_cross_attention, "feature_standardizer": model.feature_standardizer}
+    modules = ["value_head"] + [name for name, module in optional.items() if module is not None]
     for path in model.family.projector_modules:
         module = model.vlm.get_submodule(path)
         children = [f"{path}.{index}" for index in range(len(module))] if isinstance(module, torch.nn.ModuleList) else [path]

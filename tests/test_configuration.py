@@ -19,7 +19,7 @@ def test_defaults_are_the_papers():
     [
         (dict(head="mlp"), r"`head` must be one of \('skipca', 'linear'\), got 'mlp'"),
         (dict(objective="dpo"), r"`objective` must be one of \('bt', 'gpm', 'ce'\)"),
-        (dict(pooling="max"), r"`pooling` must be one of \('last', 'mean'\)"),
+        (dict(pooling="max"), r"`pooling` must be one of \('last', 'mean', 'image'\)"),
         (dict(objective="gpm"), r"`reward_dim` must be even and >= 2 for objective='gpm', got 1"),
         (dict(objective="gpm", reward_dim=3), r"`reward_dim` must be even and >= 2 for objective='gpm', got 3"),
         (dict(objective="bt", reward_dim=2), r"`reward_dim` must be 1 for objective='bt', got 2"),

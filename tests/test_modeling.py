@@ -115,18 +115,22 @@ def capture_head_inputs(model):
     return captured
 
 
+@torch.no_grad()
+def projector_output(model, batch) -> torch.Tensor:
+    """(total visual tokens, H): the family's projected image features, row by row."""
+    text_only = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids")
+    features = model.vlm.get_image_features(**{key: value for key, value in batch.items() if key not in text_only})
+    features = features.pooler_output
+    return torch.cat(list(features)) if isinstance(features, (list, tuple)) else features.flatten(0, -2)
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_visual_layer_0_keys_are_the_projector_output(family):
     model, processor = reward_model(family)
     batch = encode(processor, PROMPTS, tiny_images(2, SIZES))
     captured = capture_head_inputs(model)
     rewards_of(model, batch)
-    image_inputs = {key: value for key, value in batch.items() if key not in ("input_ids", "attention_mask")}
-    image_inputs.pop("mm_token_type_ids", None)
-    image_inputs.pop("token_type_ids", None)
-    with torch.no_grad():
-        features = model.vlm.get_image_features(**image_inputs).pooler_output
-    features = torch.cat(list(features)) if isinstance(features, (list, tuple)) else features.flatten(0, -2)
+    features = projector_output(model, batch)
     gathered = captured["visual"][captured["mask"]]  # (total visual tokens, H), row by row
     torch.testing.assert_close(gathered, features, atol=1e-6, rtol=0)
 
@@ -165,6 +169,47 @@ def test_mean_pooling_averages_over_the_mask(family):
     torch.testing.assert_close(rewards_of(model, left), rewards_of(model, right), atol=1e-5, rtol=0)
     last, _ = reward_model(family, pooling="last", head="linear")
     assert not torch.allclose(rewards_of(model, right), rewards_of(last, right))
+
+
+@pytest.mark.parametrize("family", ["llava", "llava_next", "qwen2_5_vl"])
+def test_image_pooling_at_layer_0_is_the_mean_projector_output_and_reads_no_prompt(family):
+    model, processor = reward_model(family, pooling="image", head="linear", hidden_layer=0)
+    assert len(model.decoder.layers) == 0  # no decoder layer is kept: the prompt cannot reach the reward
+    images = tiny_images(2, SIZES)
+    batch = encode(processor, PROMPTS, images)
+    with torch.no_grad():
+        states = model(**batch).reward_hidden_states
+    features = projector_output(model, batch)
+    counts = model.family.image_token_mask(batch["input_ids"], getattr(model.vlm.config, "image_token_id", None)).sum(-1)
+    expected = torch.stack([row.mean(dim=0) for row in features.split(counts.tolist())])
+    torch.testing.assert_close(states, expected, atol=1e-6, rtol=1e-5)
+    other_prompts = encode(processor, ["a blue whale", "nothing like the first prompt at all"], images)
+    torch.testing.assert_close(rewards_of(model, other_prompts), rewards_of(model, batch), atol=1e-6, rtol=0)
+
+
+def test_image_pooling_rejects_rows_without_an_image():
+    model, processor = reward_model("llava", pooling="image", head="linear", hidden_layer=1)
+    with pytest.raises(ValueError, match=r"Rows \[0\] of the batch contain no image tokens"):
+        model(**processor.tokenizer(["no image here"], return_tensors="pt"))
+
+
+def test_standardised_features_feed_the_value_head_and_are_saved(tmp_path):
+    model, processor = reward_model("llava", head="linear", pooling="mean", standardize_features=True)
+    batch = encode(processor, PROMPTS, tiny_images(2, SIZES))
+    with torch.no_grad():
+        output = model(**batch)
+        standardizer = model.feature_standardizer
+        assert not standardizer.fitted  # the identity until fitted
+        torch.testing.assert_close(output.rewards, model.value_head(output.reward_hidden_states)[:, 0])
+        standardizer.fit(output.reward_hidden_states)
+        states = output.reward_hidden_states
+        expected = model.value_head((states - states.mean(0)) / (states.std(0, correction=0) + 1e-6))[:, 0]
+        torch.testing.assert_close(rewards_of(model, batch), expected, atol=1e-6, rtol=1e-5)
+        assert standardizer.fitted and torch.equal(model(**batch).reward_hidden_states, states)  # read before it
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModel.from_pretrained(tmp_path).eval()
+    torch.testing.assert_close(reloaded.feature_standardizer.scale, standardizer.scale, atol=0, rtol=0)
+    torch.testing.assert_close(rewards_of(reloaded, batch), rewards_of(model, batch), atol=0, rtol=0)
 
 
 def test_rows_without_an_image_are_rejected():

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from llava_reward import LlavaRewardModel
@@ -176,6 +177,76 @@ def test_head_and_full_tuning(base, task, tmp_path):
         before["vlm.language_model.layers.0.mlp.up_proj.weight"],
     )
     assert all(torch.equal(after[name], before[name]) for name in frozen)
+
+
+def test_standardised_features_are_fitted_on_the_training_images_and_kept(base, task, tmp_path):
+    torch.manual_seed(0)
+    fields = dict(head="linear", pooling="image", hidden_layer=0, standardize_features=True)
+    model = LlavaRewardModel.from_vlm(base, **fields)
+    settings = dict(use_cpu=True, max_steps=3, per_device_train_batch_size=4, tuning="head", train_projector=False,
+                    learning_rate=1e-2, save_strategy="no", report_to="none", disable_tqdm=True)
+    rows = load_preference_data(task["train_pairs"])
+    trainer = LlavaRewardTrainer(model, LlavaRewardTrainingConfig(str(tmp_path / "a"), **settings), train_dataset=rows)
+    prompts, chosen, rejected = (list(rows[column]) for column in ("prompt", "chosen", "rejected"))
+    with torch.no_grad():  # every training image, as the untrained model reads it
+        states = model.eval()(**trainer.processing_class(prompts * 2, chosen + rejected))
+    states = states.reward_hidden_states
+    standardizer = model.feature_standardizer
+    torch.testing.assert_close(standardizer.mean, states.mean(0), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(standardizer.scale, states.std(0, correction=0) + 1e-6, atol=1e-6, rtol=1e-5)
+    fitted = {name: buffer.clone() for name, buffer in standardizer.named_buffers()}
+    head_before = model.value_head.weight.clone()
+    trainer.train()
+    trainer.save_model()
+    assert not torch.equal(model.value_head.weight, head_before)  # trained; the standardiser is fitted, not trained
+    assert all(torch.equal(buffer, fitted[name]) for name, buffer in standardizer.named_buffers())
+    saved = load_file(tmp_path / "a" / "reward_head.safetensors")
+    assert torch.equal(saved["feature_standardizer.mean"], fitted["mean"])
+
+    # Trained further on other data, a trained model keeps the standardiser it was trained with.
+    reloaded = LlavaRewardModel.from_pretrained(tmp_path / "a")
+    LlavaRewardTrainer(reloaded, LlavaRewardTrainingConfig(str(tmp_path / "b"), **settings),
+                       train_dataset=rows.select(range(4)), processing_class=trainer.processing_class)
+    assert torch.equal(reloaded.feature_standardizer.scale, fitted["scale"])
+    images, prompts = chosen[:4], prompts[:4]
+    scores = LlavaRewardScorer.from_pretrained(tmp_path / "a").score(prompts, images)
+    with torch.no_grad():
+        expected = model.eval()(**trainer.processing_class(prompts, images)).rewards
+    torch.testing.assert_close(scores, expected, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("train_kind", ["pairs", "labelled"])
+def test_precomputed_features_train_the_same_value_head_without_rerunning_the_model(base, task, tmp_path, train_kind):
+    fields = dict(head="linear", pooling="image", hidden_layer=1, standardize_features=True)
+    settings = dict(use_cpu=True, max_steps=4, per_device_train_batch_size=4, tuning="head", train_projector=False,
+                    learning_rate=1e-2, save_strategy="no", report_to="none", disable_tqdm=True, seed=0)
+    objective = "ce" if train_kind == "labelled" else "bt"
+    rows = load_preference_data(task[f"train_{train_kind}"])
+    heads, vision_calls = {}, {}
+    for precompute in (False, True):
+        torch.manual_seed(0)
+        model = LlavaRewardModel.from_vlm(base, objective=objective, **fields)
+        args = LlavaRewardTrainingConfig(str(tmp_path / str(precompute)), precompute_features=precompute, **settings)
+        trainer = LlavaRewardTrainer(model, args, train_dataset=rows)
+        calls = []
+        model.vlm.vision_tower.register_forward_hook(lambda *args: calls.append(1))
+        trainer.train()
+        heads[precompute], vision_calls[precompute] = model.value_head.weight.detach().clone(), len(calls)
+    torch.testing.assert_close(heads[True], heads[False], atol=1e-5, rtol=1e-4)
+    assert vision_calls == {False: 4, True: 0}  # the stored states stand in for the images at every step
+    # The image columns stay beside the stored states: training_data.json fingerprints the images trained on.
+    columns = {"pairs": {"chosen", "rejected", "chosen_states", "rejected_states"}, "labelled": {"image", "image_states"}}
+    assert columns[train_kind] <= set(trainer.train_dataset.column_names)
+
+
+def test_precomputed_features_refuse_a_model_that_trains_below_the_value_head(base, task, tmp_path):
+    with pytest.raises(ValueError, match=r"precompute_features needs tuning='head' and train_projector=False"):
+        LlavaRewardTrainingConfig(str(tmp_path), precompute_features=True, tuning="lora")
+    model = LlavaRewardModel.from_vlm(base)  # SkipCA trains with the value head
+    args = LlavaRewardTrainingConfig(str(tmp_path), precompute_features=True, tuning="head", train_projector=False,
+                                     use_cpu=True, report_to="none")
+    with pytest.raises(ValueError, match=r"everything below the value head frozen.*skip_cross_attention"):
+        LlavaRewardTrainer(model, args, train_dataset=load_preference_data(task["train_pairs"]))
 
 
 @pytest.mark.parametrize("tuning", ["lora", "full"])

@@ -45,6 +45,8 @@ logger = logging.getLogger(__name__)
 # Columns the collator reads; the trainer keeps only these.
 PAIR_COLUMNS = ("prompt", "rejected_prompt", "chosen", "rejected", "margin", "row", "rejected_row")
 LABELLED_COLUMNS = ("prompt", "image", "label", "row")
+# What the value head reads for each image, stored by `LlavaRewardTrainer` (precompute_features): pairs, then labelled.
+STATE_COLUMNS = ("chosen_states", "rejected_states", "image_states")
 ON_BAD = ("raise", "skip")
 
 
@@ -187,7 +189,8 @@ class LlavaRewardDataCollator:
     """Decode a batch's images and build the model inputs with a `LlavaRewardProcessor`.
 
     Pairs become ONE batch of 2B rows, chosen first then rejected (one forward for both), plus `margin` when the
-    data has it; labelled rows become B rows plus `label`.
+    data has it; labelled rows become B rows plus `label`. Rows holding the states the trainer stored for their
+    images (`STATE_COLUMNS`, with `precompute_features`) become `reward_hidden_states` in the same layout.
 
     Example:
         >>> from llava_reward.trainers.data import LlavaRewardDataCollator  # doctest: +SKIP
@@ -200,10 +203,21 @@ class LlavaRewardDataCollator:
     processor: object
 
     def __call__(self, examples: list[dict]) -> dict:
+        if STATE_COLUMNS[0] in examples[0] or STATE_COLUMNS[2] in examples[0]:
+            return self._stored_states(examples)
         if "chosen" in examples[0]:
             return self._pairs(examples)
         batch = self._encode(examples, [(example["prompt"], example, "image") for example in examples])
         batch["label"] = torch.tensor([float(example["label"]) for example in examples])
+        return batch
+
+    def _stored_states(self, examples: list[dict]) -> dict:
+        # Rows whose images the model has read already: the value head's inputs, laid out as images would be.
+        columns = STATE_COLUMNS[:2] if STATE_COLUMNS[0] in examples[0] else STATE_COLUMNS[2:]
+        batch = {"reward_hidden_states": torch.tensor([example[column] for column in columns for example in examples])}
+        for key in ("margin", "label"):
+            if examples[0].get(key) is not None:
+                batch[key] = torch.tensor([float(example[key]) for example in examples])
         return batch
 
     def _pairs(self, examples: list[dict]) -> dict:
@@ -224,4 +238,4 @@ class LlavaRewardDataCollator:
         return dict(self.processor(prompts, images))
 
 
-__all__ = ["LABELLED_COLUMNS", "PAIR_COLUMNS", "LlavaRewardDataCollator", "decode_image", "load_preference_data"]
+__all__ = ["LABELLED_COLUMNS", "PAIR_COLUMNS", "STATE_COLUMNS", "LlavaRewardDataCollator", "decode_image", "load_preference_data"]

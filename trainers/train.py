@@ -69,6 +69,7 @@ class ModelArguments:
     hidden_layer: int = -1
     visual_layer: int = 0
     pooling: str = "last"
+    standardize_features: bool = False  # fitted on the training images before training
     perspective: str = "overall"
     max_prompt_tokens: int = 256  # longer prompts are truncated by the processor
     init_from: str | None = None  # start from this trained perspective's LoRA + head (same base and LoRA settings)
@@ -314,6 +315,7 @@ def build_model(recipe: Recipe):
             hidden_layer=model_args.hidden_layer,
             visual_layer=model_args.visual_layer,
             pooling=model_args.pooling,
+            standardize_features=model_args.standardize_features,
             perspective=model_args.perspective,
         )
         processor = LlavaRewardProcessor.from_base(base_model, max_prompt_tokens=model_args.max_prompt_tokens)

@@ -40,6 +40,7 @@ from llava_reward.provenance import write_training_data
 
 from .data import LABELLED_COLUMNS
 from .data import PAIR_COLUMNS
+from .data import STATE_COLUMNS
 from .data import LlavaRewardDataCollator
 from .distributed import enable_fsdp_on_cpu
 from .distributed import fsdp_requested
@@ -53,6 +54,7 @@ from .distributed import sharding
 logger = logging.getLogger(__name__)
 
 TUNING_MODES = ("lora", "head", "full")
+STANDARDIZER_ROWS = 2048  # training rows whose images fit `config.standardize_features`' mean and deviation
 # RewardConfig fields that only make sense for a text tokenizer; setting them here would be silently ignored.
 _TEXT_ONLY_FIELDS = ("max_length", "eos_token", "pad_token", "chat_template_path")
 
@@ -87,6 +89,11 @@ class LlavaRewardTrainingConfig(RewardConfig):
         lora_vision_blocks (`int`, defaults to `0`):
             With `"lora"`: also put LoRA on every linear layer of the vision encoder's last `lora_vision_blocks`
             blocks (those feeding the image features). 0 keeps the vision encoder frozen, as in the paper.
+        precompute_features (`bool`, defaults to `False`):
+            When only the value head trains (`head="linear"`, `tuning="head"`, `train_projector=False`): run the
+            frozen model once per training image (in eval mode) and train the value head on the stored states, not
+            the whole model at every step. The same model, many times faster (one forward per image, not one per
+            image per epoch).
 
     Defaults that differ from `RewardConfig`: `learning_rate=2e-4` (the paper's); `bf16` only where the GPU supports it
     (not on CPU, where bf16 matmuls are slow on most processors); activation (gradient) checkpointing off: it
@@ -116,6 +123,11 @@ class LlavaRewardTrainingConfig(RewardConfig):
     lora_vision_blocks: int = field(
         default=0, metadata={"help": "LoRA on the vision encoder's last N blocks too (0: vision encoder frozen)."}
     )
+    precompute_features: bool = field(
+        default=False,
+        metadata={"help": "Only the value head trains: run the frozen model once per training image, then train on "
+                          "the stored states."},
+    )
 
     learning_rate: float = field(default=2e-4, metadata={"help": "The initial learning rate for AdamW."})
     gradient_checkpointing: bool | None = field(
@@ -144,6 +156,11 @@ class LlavaRewardTrainingConfig(RewardConfig):
             raise ValueError(
                 f"LoRA needs lora_r > 0, lora_alpha > 0 and 0 <= lora_dropout < 1, got {self.lora_r}, "
                 f"{self.lora_alpha}, {self.lora_dropout}."
+            )
+        if self.precompute_features and (self.tuning != "head" or self.train_projector):
+            raise ValueError(
+                f"precompute_features needs tuning='head' and train_projector=False (a frozen model below the value "
+                f"head), got tuning={self.tuning!r}, train_projector={self.train_projector}."
             )
         if self.lora_vision_blocks < 0 or (self.lora_vision_blocks and self.tuning != "lora"):
             raise ValueError(
@@ -195,6 +212,16 @@ def prepare_for_training(model: LlavaRewardModel, args: LlavaRewardTrainingConfi
     for parameter in head_parameters(unwrap(model), projector=args.train_projector):
         parameter.requires_grad_(True)
     return model
+
+
+def _check_frozen_below_value_head(model: torch.nn.Module) -> None:
+    trainable = [name for name, parameter in model.named_parameters() if parameter.requires_grad]
+    below = [name for name in trainable if "value_head" not in name.split(".")]
+    if below:
+        raise ValueError(
+            f"precompute_features needs everything below the value head frozen (head='linear', tuning='head', "
+            f"train_projector=False), but {below[0]} trains ({len(below)} tensors in all)."
+        )
 
 
 def head_parameters(model: LlavaRewardModel, projector: bool = True) -> list[torch.nn.Parameter]:
@@ -318,6 +345,49 @@ class LlavaRewardTrainer(RewardTrainer):
         self.data_sources: list[str] = []
         self.initial_training_images: frozenset[str] = frozenset()  # of the model `load_trained_weights` started from
         logger.info("%s tuning: %d of %d parameters trainable.", args.tuning, *self.trainable_parameters)
+        if args.precompute_features:
+            _check_frozen_below_value_head(self.model)
+        self.prepare_frozen_features()
+
+    def prepare_frozen_features(self) -> None:
+        """Before training, on the model as it is: fit the feature standardiser (`config.standardize_features`) on
+        the reward states of the training images (at most `STANDARDIZER_ROWS` evenly spaced rows, or every row with
+        `args.precompute_features`), unless the model's is fitted already (a model trained before keeps its own);
+        with `args.precompute_features`, store every training row's states in the dataset (`STATE_COLUMNS`), so
+        that the frozen model runs once per image and each step runs the value head alone. Every process reads the
+        same rows: distributed training fits the same standardiser everywhere."""
+        standardizer = unwrap(self.model).feature_standardizer
+        fit = standardizer is not None and not standardizer.fitted
+        if not (fit or self.args.precompute_features):
+            return
+        dataset = self.train_dataset
+        step = 1 if self.args.precompute_features else -(-len(dataset) // STANDARDIZER_ROWS)
+        rows = list(range(0, len(dataset), step))
+        states = self.reward_states(dataset, rows)  # (rows, images per row, H)
+        if fit:
+            standardizer.fit(states.flatten(0, 1))
+            logger.info("Fitted the feature standardiser on the images of %d training rows.", len(rows))
+        if self.args.precompute_features:
+            columns = STATE_COLUMNS[:2] if states.shape[1] == 2 else STATE_COLUMNS[2:]
+            for index, column in enumerate(columns):
+                dataset = dataset.add_column(column, states[:, index].tolist())
+            self.train_dataset = dataset
+
+    @torch.no_grad()
+    def reward_states(self, dataset, rows: list[int]) -> torch.Tensor:
+        """(rows, images per row, H): the states the value head reads for the images of `dataset[rows]` ([chosen,
+        rejected] for pairs, [image] for labelled rows), float32 on the CPU, the model in eval mode."""
+        was_training, batch_size = self.model.training, self.args.per_device_train_batch_size
+        images_per_row = 2 if "chosen" in dataset.column_names else 1  # the collator puts all chosen images first
+        self.model.eval()
+        states = []
+        for start in range(0, len(rows), batch_size):
+            batch = self.data_collator([dataset[index] for index in rows[start : start + batch_size]])
+            inputs = self._prepare_inputs({key: value for key, value in batch.items() if key not in ("margin", "label")})
+            read = self.model(**inputs).reward_hidden_states.float().cpu()  # (images per row x batch, H)
+            states.append(read.unflatten(0, (images_per_row, -1)))
+        self.model.train(was_training)
+        return torch.cat(states, dim=1).transpose(0, 1)
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
         # Nothing to tokenize: images are decoded and encoded batch by batch by the collator. Check the layout.
@@ -349,7 +419,7 @@ class LlavaRewardTrainer(RewardTrainer):
 
     def _set_signature_columns_if_needed(self):
         if self._signature_columns is None:
-            self._signature_columns = list(dict.fromkeys(PAIR_COLUMNS + LABELLED_COLUMNS))
+            self._signature_columns = list(dict.fromkeys(PAIR_COLUMNS + LABELLED_COLUMNS + STATE_COLUMNS))
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
