@@ -108,8 +108,8 @@ def model_states_table(states: dict) -> dict:
     """`{state: {test subset: accuracy}}`: the probe fitted on one subset's states, tested on the other's."""
     table = {}
     for index, name in enumerate(MODEL_STATES):
-        part = slice(index, index + 1)
-        table[name] = {f"test {test}": standardised_accuracy(states[train], states[test], part)
+        kind = {subset: value[:, :, index : index + 1] for subset, value in states.items()}  # standardised alone
+        table[name] = {f"test {test}": standardised_accuracy(kind[train], kind[test], slice(0, 1))
                        for train, test in (("objects_indoor", "human"), ("human", "objects_indoor"))}
     return table
 

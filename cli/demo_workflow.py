@@ -618,11 +618,14 @@ def write_card(model_dir: Path, record: dict) -> None:
 
 def _describe(metrics: dict) -> str:
     model, training = metrics["recipe"]["model"], metrics["recipe"]["training"]
+    read = {"last": "last token", "mean": "mean over tokens", "image": "mean of the image tokens"}[model["pooling"]]
+    standardised = ", standardised" if model.get("standardize_features") else ""
+    trained = {"lora": f"LoRA r{training.get('lora_r')} + projector + head", "full": "all but the vision tower",
+               "head": "projector + head" if training.get("train_projector", True) else "value head only"}
     return (
         f"SmolLM2-135M + DINOv2 ViT-S/14 at {metrics['settings']['image_size']} px{_tiles_note(metrics)}, "
-        f"{training['objective'].upper()}, "
-        f"{'SkipCA' if model['head'] == 'skipca' else 'linear head'}, layer {model['hidden_layer']}, "
-        f"LoRA r{training['lora_r']} + projector + head"
+        f"{training['objective'].upper()}, {'SkipCA' if model['head'] == 'skipca' else 'linear head'}, "
+        f"{read} at layer {model['hidden_layer']}{standardised}, {trained[training.get('tuning', 'lora')]}"
     )
 
 

@@ -305,6 +305,7 @@ def render_perspective_card(
             "final normed hidden state" if config.hidden_layer == -1 else f"hidden state {config.hidden_layer}"
         ),
         pooling_description=_pooling_description(config),
+        reward_reading=_reward_reading(config),
         trained_weights=_trained_weights(model_dir, config, lora, read_recipe(recipe)),
         training_rows=training_rows(read_recipe(recipe), lora),
         metric_rows=metric_rows(metrics),
@@ -361,6 +362,13 @@ def _pooling_description(config: LlavaRewardConfig) -> str:
     if config.hidden_layer == 0:
         return "mean over the image tokens (the projector output: the prompt is not read)"
     return "mean over the image tokens"
+
+
+def _reward_reading(config: LlavaRewardConfig) -> str:
+    if config.pooling == "image" and config.hidden_layer == 0:
+        return "the mean of its projected image tokens (no language-model layer runs: the prompt is not read)"
+    return {"last": "its hidden state at the last token", "mean": "the mean of its hidden states over the tokens",
+            "image": "the mean of its hidden states over the image tokens"}[config.pooling]
 
 
 def _head_description(config: LlavaRewardConfig) -> str:

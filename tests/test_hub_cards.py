@@ -96,6 +96,23 @@ def test_a_hub_base_model_is_referenced_in_the_front_matter(repo, tmp_path):
     assert "`org/tiny-llava` at revision `0123abc`" in text
 
 
+def test_the_model_table_says_what_the_reward_reads_and_what_was_trained(repo):
+    from llava_reward.configuration import LlavaRewardConfig
+
+    plain = str(render_perspective_card(repo / "safety", repo_id="me/x"))
+    assert "its hidden state at the last token" in plain and "prompt is not read" not in plain
+    assert "| Trained weights | vision projector and value head (`reward_head.safetensors`) |" in plain
+    config = LlavaRewardConfig.from_pretrained(repo / "safety")
+    config.pooling, config.hidden_layer, config.standardize_features = "image", 0, True
+    recipe = {"training": {"tuning": "head", "train_projector": False}}
+    text = str(render_perspective_card(repo / "safety", repo_id="me/x", config=config, recipe=recipe))
+    assert "the mean of its projected image tokens (no language-model layer runs: the prompt is not read)" in text
+    assert "| Hidden state read | hidden state 0, mean over the image tokens (the projector output" in text
+    assert "each feature standardised with the training images' mean and deviation (no SkipCA)" in text
+    assert ("| Trained weights | value head (`reward_head.safetensors`, with the feature standardiser fitted before "
+            "training) |") in text
+
+
 def test_evaluation_table_comes_from_metrics_json(repo, tmp_path):
     without = str(render_perspective_card(repo / "fidelity", repo_id="me/x"))
     assert "No evaluation results were recorded" in without

@@ -13,7 +13,7 @@ except ImportError:  # code files shipped next to a checkpoint (trust_remote_cod
 
 
 HEADS = ("skipca", "linear")
-POOLINGS = ("last", "mean")
+POOLINGS = ("last", "mean", "image")
 
 
 @strict(accept_kwargs=True)
@@ -44,7 +44,13 @@ class LlavaRewardConfig(PreTrainedConfig):
             Where SkipCA's keys/values come from: 0 is the projector output as merged into the input embeddings;
             k is the hidden state after k decoder layers, at the image positions.
         pooling (`str`, *optional*, defaults to `"last"`):
-            `"last"` reads the reward token (last non-pad token); `"mean"` averages over the attention mask.
+            `"last"` reads the reward token (last non-pad token); `"mean"` averages over the attention mask; `"image"`
+            averages over the image tokens only (with `hidden_layer=0`, the projector output: the prompt is not read,
+            which suits a fidelity judge).
+        standardize_features (`bool`, *optional*, defaults to `False`):
+            Standardise each feature of the state the value head reads, with a mean and deviation fitted on the
+            training images before training (`LlavaRewardTrainer` does it) and saved with the head. A linear head on
+            standardised features learns from every feature alike, whatever its scale.
         perspective (`str`, *optional*, defaults to `"overall"`):
             What the reward judges, e.g. `"alignment"`, `"fidelity"`, `"safety"`, `"overall"`.
         head_norm_eps (`float`, *optional*):
@@ -76,6 +82,7 @@ class LlavaRewardConfig(PreTrainedConfig):
     hidden_layer: int = -1
     visual_layer: int = 0
     pooling: str = "last"
+    standardize_features: bool = False
     perspective: str = "overall"
     head_norm_eps: float | int | None = None
     head_initializer_std: float | int | None = None

@@ -67,7 +67,8 @@ class LlavaRewardOutput(ModelOutput):
         logits (`torch.FloatTensor` of shape `(batch_size, reward_dim)`):
             The value head's output, always 2-D (what TRL's trainers read).
         reward_hidden_states (`torch.FloatTensor` of shape `(batch_size, hidden_size)`):
-            The state the value head reads: `h'` after SkipCA (or `h` with the linear head).
+            The state the value head reads: `h'` after SkipCA (or `h` with the linear head), before
+            `config.standardize_features` standardises it.
     """
 
     rewards: torch.FloatTensor | None = None
@@ -122,6 +123,32 @@ class LlavaRewardSkipCrossAttention(nn.Module):
         return self.norm(query_states + attended)
 
 
+class LlavaRewardFeatureStandardizer(nn.Module):
+    """`(x - mean) / scale` per feature, with `mean` and `scale` fitted on training features (`fit`), not trained.
+
+    Buffers, saved with the head: the identity (0 and 1) until fitted.
+    """
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(hidden_size))
+        self.register_buffer("scale", torch.ones(hidden_size))
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:  # (..., H) -> (..., H)
+        return (hidden_states - self.mean.to(hidden_states.dtype)) / self.scale.to(hidden_states.dtype)
+
+    @property
+    def fitted(self) -> bool:
+        return bool(self.mean.any() or (self.scale != 1).any())
+
+    @torch.no_grad()
+    def fit(self, features: torch.Tensor, eps: float = 1e-6) -> None:
+        """Set `mean` and `scale` from `features` (N, H): their mean and (population) standard deviation + `eps`."""
+        features = features.to(device=self.mean.device, dtype=torch.float32)
+        self.mean.copy_(features.mean(dim=0))
+        self.scale.copy_(features.std(dim=0, correction=0) + eps)  # eps: a constant feature stays finite
+
+
 class LlavaRewardPreTrainedModel(PreTrainedModel):
     config_class = LlavaRewardConfig
     base_model_prefix = "vlm"
@@ -142,6 +169,9 @@ class LlavaRewardPreTrainedModel(PreTrainedModel):
             init.normal_(module.weight, mean=0.0, std=std)
         elif isinstance(module, LlavaRewardRMSNorm):
             init.ones_(module.weight)
+        elif isinstance(module, LlavaRewardFeatureStandardizer):
+            init.zeros_(module.mean)
+            init.ones_(module.scale)
 
 
 class LlavaRewardModel(LlavaRewardPreTrainedModel):
@@ -179,6 +209,9 @@ class LlavaRewardModel(LlavaRewardPreTrainedModel):
             LlavaRewardSkipCrossAttention(hidden_size, eps=config.head_norm_eps or self.family.head_norm_eps)
             if config.head == "skipca"
             else None
+        )
+        self.feature_standardizer = (
+            LlavaRewardFeatureStandardizer(hidden_size) if config.standardize_features else None
         )
         self.value_head = nn.Linear(hidden_size, config.reward_dim, bias=False)
         self.post_init()
@@ -303,16 +336,23 @@ class LlavaRewardModel(LlavaRewardPreTrainedModel):
         return model.eval()
 
     def reward_head_state_dict(self) -> dict[str, torch.Tensor]:
-        """The parameters trained besides LoRA: the projector, SkipCA and the value head (names as in the model)."""
+        """What is trained or fitted besides LoRA: the projector, SkipCA, the feature standardiser and the value head
+        (names as in the model)."""
         projector = {f"vlm.{name}" for name in self.family.projector_parameters(self.vlm)}
+        head = ("skip_cross_attention.", "feature_standardizer.", "value_head.")
         return {
-            name: parameter.detach().contiguous()
-            for name, parameter in self.named_parameters()
-            if name in projector or name.startswith(("skip_cross_attention.", "value_head."))
+            name: tensor.detach().contiguous()
+            for name, tensor in self._head_tensors().items()
+            if name in projector or name.startswith(head)
         }
 
+    def _head_tensors(self) -> dict[str, torch.Tensor]:
+        # The head's parameters and the standardiser's buffers (fitted, not trained: saved and loaded all the same).
+        return {**dict(self.named_parameters()), **dict(self.named_buffers())}
+
     def load_reward_head(self, weights_file: str | os.PathLike) -> None:
-        """Copy the projector, SkipCA and value-head weights of `weights_file` (a `reward_head.safetensors`) in.
+        """Copy the projector, SkipCA, feature-standardiser and value-head tensors of `weights_file` (a
+        `reward_head.safetensors`) in.
 
         Raises a `ValueError` naming the file when its tensors are not exactly the ones this model trains, with the
         same shapes. (`image_newline`, trained with LLaVA-NeXT projectors by llava-reward 0.1, is still read.)
@@ -321,7 +361,7 @@ class LlavaRewardModel(LlavaRewardPreTrainedModel):
             saved = load_file(weights_file)
         except Exception as error:  # safetensors' SafetensorError: a file cut short or overwritten
             raise ValueError(f"{weights_file}: not a readable safetensors file ({error}).") from None
-        parameters = dict(self.named_parameters())
+        parameters = self._head_tensors()
         expected = self.reward_head_state_dict()
         legacy = {name for name in saved.keys() - expected.keys() if name.endswith("image_newline") and name in parameters}
         missing, unexpected = expected.keys() - saved.keys(), saved.keys() - expected.keys() - legacy
@@ -344,7 +384,7 @@ class LlavaRewardModel(LlavaRewardPreTrainedModel):
     def place_head_with_decoder(self):
         """Move the head to the VLM's dtype and to the device of its final hidden state (respects device_map)."""
         device = self.decoder.norm.weight.device
-        for module in (self.skip_cross_attention, self.value_head):
+        for module in (self.skip_cross_attention, self.feature_standardizer, self.value_head):
             if module is not None:
                 module.to(device=device, dtype=self.vlm.dtype)
 
@@ -369,19 +409,36 @@ class LlavaRewardModel(LlavaRewardPreTrainedModel):
     @can_return_tuple
     def forward(
         self,
-        input_ids: torch.LongTensor,  # (B, T), image positions marked by the family's image token
+        input_ids: torch.LongTensor | None = None,  # (B, T), image positions marked by the family's image token
         attention_mask: torch.Tensor | None = None,  # (B, T), 1 for real tokens; any padding side
         position_ids: torch.LongTensor | None = None,
+        reward_hidden_states: torch.Tensor | None = None,  # (B, H): instead of the inputs, the state the head reads
         **vlm_inputs,  # pixel_values and the family's extras (image_grid_thw, image_sizes, mm_token_type_ids, ...)
     ) -> LlavaRewardOutput:
         r"""
         Args:
             input_ids, attention_mask, **vlm_inputs: the outputs of the family's processor (or of
                 `LlavaRewardProcessor`), for one image per row.
+            reward_hidden_states (`torch.Tensor` of shape `(batch_size, hidden_size)`, *optional*): instead of the
+                inputs, the states an earlier call returned as `reward_hidden_states`: only the value head runs (what
+                training a value head on a frozen model's stored states needs).
 
         Returns:
             [`LlavaRewardOutput`] with `rewards` of shape `(B,)` (`reward_dim == 1`) or `(B, D)`.
         """
+        if reward_hidden_states is None:
+            if input_ids is None:
+                raise ValueError("Pass the processor's outputs (`input_ids`, ...) or `reward_hidden_states`.")
+            reward_hidden_states = self._reward_states(input_ids, attention_mask, position_ids, **vlm_inputs)
+        head_input = reward_hidden_states
+        if self.feature_standardizer is not None:
+            head_input = self.feature_standardizer(head_input)
+        logits = self.value_head(head_input)  # (B, D)
+        rewards = logits.squeeze(-1) if self.config.reward_dim == 1 else logits
+        return LlavaRewardOutput(rewards=rewards, logits=logits, reward_hidden_states=reward_hidden_states)
+
+    def _reward_states(self, input_ids, attention_mask, position_ids, **vlm_inputs) -> torch.Tensor:  # (B, H)
+        """The state the value head reads: the pooled hidden state, refined by SkipCA over the visual tokens."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         if position_ids is None and self.family.positions_from_attention_mask:
@@ -402,16 +459,18 @@ class LlavaRewardModel(LlavaRewardPreTrainedModel):
                 **vlm_inputs,
             )
         residual_stream.update(dict.fromkeys(final_layers, outputs.last_hidden_state))
-        reward_states = _pool(residual_stream[config.hidden_layer], attention_mask, config.pooling)  # (B, H)
+        image_mask = self.family.image_token_mask(input_ids, getattr(self.vlm.config, "image_token_id", None))
+        pooled_mask = attention_mask
+        if config.pooling == "image":
+            _image_token_counts(image_mask)
+            pooled_mask = image_mask
+        reward_states = _pool(residual_stream[config.hidden_layer], pooled_mask, config.pooling)  # (B, H)
 
         if self.skip_cross_attention is not None:
-            image_mask = self.family.image_token_mask(input_ids, getattr(self.vlm.config, "image_token_id", None))
             visual_states, visual_mask = _gather_visual_tokens(residual_stream[config.visual_layer], image_mask)
             reward_states = self.skip_cross_attention(reward_states[:, None], visual_states, visual_mask)[:, 0]
 
-        logits = self.value_head(reward_states)  # (B, D)
-        rewards = logits.squeeze(-1) if config.reward_dim == 1 else logits
-        return LlavaRewardOutput(rewards=rewards, logits=logits, reward_hidden_states=reward_states)
+        return reward_states
 
 
 def _check_same_architecture(expected, given):
@@ -483,7 +542,7 @@ def _capture_residual_stream(decoder: nn.Module, layer_indices: set[int]):
 
 def _pool(hidden_states: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
     """(B, T, H) -> (B, H): the last non-pad token (whatever the padding side), or the mean over the mask."""
-    if pooling == "mean":
+    if pooling in ("mean", "image"):  # `attention_mask` is then the mask of the tokens to average (e.g. the image's)
         weights = attention_mask.to(hidden_states.dtype)[..., None]  # (B, T, 1)
         return (hidden_states * weights).sum(1) / weights.sum(1).clamp(min=1)
     sequence_length = attention_mask.shape[1]
@@ -491,15 +550,21 @@ def _pool(hidden_states: torch.Tensor, attention_mask: torch.Tensor, pooling: st
     return hidden_states[torch.arange(hidden_states.shape[0], device=hidden_states.device), last_index]
 
 
+def _image_token_counts(image_mask: torch.BoolTensor) -> torch.LongTensor:
+    """(B, T) -> (B,): image tokens per row; raises a `ValueError` naming the rows that have none."""
+    counts = image_mask.sum(-1)
+    if not counts.all():
+        rows = torch.nonzero(counts == 0).flatten().tolist()
+        raise ValueError(f"Rows {rows} of the batch contain no image tokens; every row needs exactly one image.")
+    return counts
+
+
 def _gather_visual_tokens(
     hidden_states: torch.Tensor,  # (B, T, H)
     image_mask: torch.BoolTensor,  # (B, T)
 ) -> tuple[torch.Tensor, torch.BoolTensor]:  # (B, V, H), (B, V) with V the largest image-token count
     """The states at image positions, in order, right-padded per row to the longest row, with their mask."""
-    counts = image_mask.sum(-1)  # (B,)
-    if not counts.all():
-        rows = torch.nonzero(counts == 0).flatten().tolist()
-        raise ValueError(f"Rows {rows} of the batch contain no image tokens; every row needs exactly one image.")
+    counts = _image_token_counts(image_mask)  # (B,)
     num_visual = int(counts.max())
     # A stable descending sort puts each row's image positions first, in their original order.
     positions = torch.argsort(image_mask.to(torch.int8), dim=-1, descending=True, stable=True)[:, :num_visual]
