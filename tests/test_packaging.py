@@ -83,10 +83,11 @@ def test_the_wheel_holds_one_top_level_import_name(tmp_path):
         "llava_reward/configuration/serve/reward_service.yaml",
         "llava_reward/serving/server.py",
         "llava_reward/steering/fk.py",
-        # the embedded default model's trained part: `llava_reward.load("default")` after `pip install`
-        "llava_reward/default_model/config.json",
-        "llava_reward/default_model/reward_head.safetensors",
-        "llava_reward/default_model/lora/adapter_model.safetensors",
-        "llava_reward/default_model/metrics.json",
     ):
         assert expected in names
+    # The embedded default model (`llava_reward.load("default")` after `pip install`): exactly the files of its folder.
+    shipped = REPOSITORY / "modeling_llava_reward" / "default_model"
+    in_folder = {f"llava_reward/default_model/{path.relative_to(shipped).as_posix()}"
+                 for path in shipped.rglob("*") if path.is_file() and "__pycache__" not in path.parts}
+    assert {"llava_reward/default_model/config.json", "llava_reward/default_model/reward_head.safetensors"} <= in_folder
+    assert {name for name in names if name.startswith("llava_reward/default_model/")} == in_folder
