@@ -342,12 +342,13 @@ class LlavaRewardModel(LlavaRewardPreTrainedModel):
         head = ("skip_cross_attention.", "feature_standardizer.", "value_head.")
         return {
             name: tensor.detach().contiguous()
-            for name, tensor in self._head_tensors().items()
+            for name, tensor in self._named_tensors().items()
             if name in projector or name.startswith(head)
         }
 
-    def _head_tensors(self) -> dict[str, torch.Tensor]:
-        # The head's parameters and the standardiser's buffers (fitted, not trained: saved and loaded all the same).
+    def _named_tensors(self) -> dict[str, torch.Tensor]:
+        # Every parameter and buffer by name: the standardiser's buffers are fitted, not trained, but saved and loaded
+        # with the head all the same.
         return {**dict(self.named_parameters()), **dict(self.named_buffers())}
 
     def load_reward_head(self, weights_file: str | os.PathLike) -> None:
@@ -361,7 +362,7 @@ class LlavaRewardModel(LlavaRewardPreTrainedModel):
             saved = load_file(weights_file)
         except Exception as error:  # safetensors' SafetensorError: a file cut short or overwritten
             raise ValueError(f"{weights_file}: not a readable safetensors file ({error}).") from None
-        parameters = self._head_tensors()
+        parameters = self._named_tensors()
         expected = self.reward_head_state_dict()
         legacy = {name for name in saved.keys() - expected.keys() if name.endswith("image_newline") and name in parameters}
         missing, unexpected = expected.keys() - saved.keys(), saved.keys() - expected.keys() - legacy

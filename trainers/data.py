@@ -45,8 +45,10 @@ logger = logging.getLogger(__name__)
 # Columns the collator reads; the trainer keeps only these.
 PAIR_COLUMNS = ("prompt", "rejected_prompt", "chosen", "rejected", "margin", "row", "rejected_row")
 LABELLED_COLUMNS = ("prompt", "image", "label", "row")
-# What the value head reads for each image, stored by `LlavaRewardTrainer` (precompute_features): pairs, then labelled.
-STATE_COLUMNS = ("chosen_states", "rejected_states", "image_states")
+# What the value head reads for each image, stored by `LlavaRewardTrainer` (precompute_features).
+PAIR_STATE_COLUMNS = ("chosen_states", "rejected_states")
+LABELLED_STATE_COLUMNS = ("image_states",)
+STATE_COLUMNS = PAIR_STATE_COLUMNS + LABELLED_STATE_COLUMNS
 ON_BAD = ("raise", "skip")
 
 
@@ -203,7 +205,7 @@ class LlavaRewardDataCollator:
     processor: object
 
     def __call__(self, examples: list[dict]) -> dict:
-        if STATE_COLUMNS[0] in examples[0] or STATE_COLUMNS[2] in examples[0]:
+        if any(column in examples[0] for column in STATE_COLUMNS):
             return self._stored_states(examples)
         if "chosen" in examples[0]:
             return self._pairs(examples)
@@ -213,7 +215,7 @@ class LlavaRewardDataCollator:
 
     def _stored_states(self, examples: list[dict]) -> dict:
         # Rows whose images the model has read already: the value head's inputs, laid out as images would be.
-        columns = STATE_COLUMNS[:2] if STATE_COLUMNS[0] in examples[0] else STATE_COLUMNS[2:]
+        columns = PAIR_STATE_COLUMNS if PAIR_STATE_COLUMNS[0] in examples[0] else LABELLED_STATE_COLUMNS
         batch = {"reward_hidden_states": torch.tensor([example[column] for column in columns for example in examples])}
         for key in ("margin", "label"):
             if examples[0].get(key) is not None:
@@ -238,4 +240,13 @@ class LlavaRewardDataCollator:
         return dict(self.processor(prompts, images))
 
 
-__all__ = ["LABELLED_COLUMNS", "PAIR_COLUMNS", "STATE_COLUMNS", "LlavaRewardDataCollator", "decode_image", "load_preference_data"]
+__all__ = [
+    "LABELLED_COLUMNS",
+    "LABELLED_STATE_COLUMNS",
+    "PAIR_COLUMNS",
+    "PAIR_STATE_COLUMNS",
+    "STATE_COLUMNS",
+    "LlavaRewardDataCollator",
+    "decode_image",
+    "load_preference_data",
+]

@@ -39,7 +39,9 @@ from llava_reward.provenance import read_training_data
 from llava_reward.provenance import write_training_data
 
 from .data import LABELLED_COLUMNS
+from .data import LABELLED_STATE_COLUMNS
 from .data import PAIR_COLUMNS
+from .data import PAIR_STATE_COLUMNS
 from .data import STATE_COLUMNS
 from .data import LlavaRewardDataCollator
 from .distributed import enable_fsdp_on_cpu
@@ -368,7 +370,7 @@ class LlavaRewardTrainer(RewardTrainer):
             standardizer.fit(states.flatten(0, 1))
             logger.info("Fitted the feature standardiser on the images of %d training rows.", len(rows))
         if self.args.precompute_features:
-            columns = STATE_COLUMNS[:2] if states.shape[1] == 2 else STATE_COLUMNS[2:]
+            columns = PAIR_STATE_COLUMNS if states.shape[1] == 2 else LABELLED_STATE_COLUMNS
             for index, column in enumerate(columns):
                 dataset = dataset.add_column(column, states[:, index].tolist())
             self.train_dataset = dataset
